@@ -1,0 +1,1 @@
+"""Implementation details. Nothing here is public API."""

@@ -1,0 +1,223 @@
+"""The workspace: where every Strongroom command finds its configuration and state.
+
+A workspace is a directory (default ``./.strongroom``, or ``$STRONGROOM_HOME``,
+or ``--home``) holding:
+
+- ``config.toml`` — target, region, key-service endpoint, identities (no secrets);
+- ``identities/<name>.secret`` — the secret access key of each identity (0600);
+- ``keys/`` — the local key store (key material 0600);
+- ``audit.log`` — the key service's audit trail (JSON lines);
+- ``ca/`` — the local attestation authority;
+- ``storage/`` — local shared storage;
+- ``run/`` — sockets, pids and logs of running services.
+
+Every command resolves the workspace the same way (:func:`Workspace.locate`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+
+from strongroom._internal.files import atomic_write, write_secret
+from strongroom.errors import ConfigError, UsageError, WorkspaceNotFoundError
+
+DEFAULT_DIRNAME = ".strongroom"
+HOME_ENV = "STRONGROOM_HOME"
+CONFIG_NAME = "config.toml"
+DEFAULT_REGION = "us-east-1"
+IDENTITY_NAMES = ("host", "vendor")
+IdentityName = Literal["host", "vendor"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An account and principal that signs requests to the key service."""
+
+    name: str
+    account_id: str
+    principal_arn: str
+    access_key_id: str
+    secret_access_key: str
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"Identity(name={self.name!r}, principal_arn={self.principal_arn!r})"
+
+
+@dataclass(frozen=True)
+class Config:
+    target: Literal["local", "aws"]
+    region: str
+    kms_listen: str
+    identities: dict[str, dict[str, str]]
+
+
+class Workspace:
+    """A located workspace directory. Construct with :meth:`locate` or :meth:`create`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # --- locating ---------------------------------------------------------
+
+    @staticmethod
+    def resolve_root(home: str | os.PathLike[str] | None = None) -> Path:
+        if home is not None:
+            return Path(home).expanduser().absolute()
+        env = os.environ.get(HOME_ENV)
+        if env:
+            return Path(env).expanduser().absolute()
+        return Path.cwd() / DEFAULT_DIRNAME
+
+    @classmethod
+    def locate(cls, home: str | os.PathLike[str] | None = None) -> Workspace:
+        root = cls.resolve_root(home)
+        if not (root / CONFIG_NAME).is_file():
+            raise WorkspaceNotFoundError(f"no Strongroom workspace at {root}")
+        return cls(root)
+
+    @classmethod
+    def exists_at(cls, root: Path) -> bool:
+        return (root / CONFIG_NAME).is_file()
+
+    # --- creating ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path, *, force: bool = False, region: str = DEFAULT_REGION) -> Workspace:
+        """Create a fresh workspace at ``root``.
+
+        Refuses to touch an existing workspace unless ``force`` is set, in
+        which case the old one is removed first (its keys are lost).
+        """
+        if cls.exists_at(root):
+            if not force:
+                raise UsageError(
+                    f"a workspace already exists at {root}",
+                    hint="use --force to recreate it (its keys will be lost)",
+                )
+            shutil.rmtree(root)
+        elif root.exists() and any(root.iterdir()):
+            raise UsageError(
+                f"{root} exists and is not an empty directory",
+                hint="choose another --home, or empty that directory",
+            )
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
+        ws = cls(root)
+        for sub in ("identities", "keys", "ca", "storage", "run"):
+            (root / sub).mkdir(mode=0o700, exist_ok=True)
+        identities: dict[str, dict[str, str]] = {}
+        used_accounts: set[str] = set()
+        for name in IDENTITY_NAMES:
+            account = _new_account_id(used_accounts)
+            used_accounts.add(account)
+            role = "role/strongroom-host" if name == "host" else "user/strongroom-vendor"
+            identities[name] = {
+                "account_id": account,
+                "principal_arn": f"arn:aws:iam::{account}:{role}",
+                "access_key_id": _new_access_key_id(),
+            }
+            write_secret(ws.root / "identities" / f"{name}.secret", _new_secret_key().encode())
+        config = {
+            "target": "local",
+            "region": region,
+            "keys": {"listen": f"127.0.0.1:{_free_tcp_port()}"},
+            "identities": identities,
+        }
+        atomic_write(root / CONFIG_NAME, tomli_w.dumps(config).encode())
+        return ws
+
+    # --- reading ----------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        try:
+            raw = tomllib.loads((self.root / CONFIG_NAME).read_text())
+            return Config(
+                target=raw["target"],
+                region=raw["region"],
+                kms_listen=raw["keys"]["listen"],
+                identities=raw["identities"],
+            )
+        except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"cannot read {self.root / CONFIG_NAME}: {e}",
+                hint="fix the file, or recreate the workspace with `strongroom init --force`",
+            ) from e
+
+    def identity(self, name: str) -> Identity:
+        ids = self.config.identities
+        if name not in ids:
+            raise UsageError(
+                f"unknown identity {name!r}", hint=f"choose one of: {', '.join(sorted(ids))}"
+            )
+        entry = ids[name]
+        try:
+            secret = (self.root / "identities" / f"{name}.secret").read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the secret of identity {name!r}: {e.strerror}") from e
+        return Identity(
+            name=name,
+            account_id=entry["account_id"],
+            principal_arn=entry["principal_arn"],
+            access_key_id=entry["access_key_id"],
+            secret_access_key=secret,
+        )
+
+    def identities(self) -> list[Identity]:
+        return [self.identity(name) for name in sorted(self.config.identities)]
+
+    # --- well-known paths -------------------------------------------------
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "storage"
+
+
+def _new_account_id(avoid: set[str]) -> str:
+    while True:
+        account = str(secrets.randbelow(9 * 10**11) + 10**11)
+        if account not in avoid:
+            return account
+
+
+def _new_access_key_id() -> str:
+    alphabet = string.ascii_uppercase + "234567"
+    return "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))
+
+
+def _new_secret_key() -> str:
+    alphabet = string.ascii_letters + string.digits + "+/"
+    return "".join(secrets.choice(alphabet) for _ in range(40))
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
