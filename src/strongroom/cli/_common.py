@@ -1,0 +1,102 @@
+"""What every command module shares: the run context, output and progress helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from strongroom.workspace import Workspace
+
+
+@dataclass
+class AppContext:
+    """Global options, carried on ``click.Context.obj``."""
+
+    home: str | None
+    json: bool
+    verbose: bool
+
+    def workspace(self) -> Workspace:
+        return Workspace.locate(self.home)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+#: Human output goes to stdout; diagnostics, progress and step banners to stderr,
+#: so that ``--json`` output and exported shell lines stay clean for pipes.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=json_default) + "\n")
+
+
+def emit_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
+) -> None:
+    table = Table(*columns, title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+def emit(app: AppContext, value: Any, render: Callable[[], None]) -> None:
+    """Print ``value`` as JSON when ``--json`` is set, else call ``render``."""
+    if app.json:
+        emit_json(value)
+    else:
+        render()
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None, *, enabled: bool) -> Iterator[
+    Callable[[int], None]
+]:
+    """Yield an ``advance(n_bytes)`` callback that drives a progress bar on a terminal.
+
+    On a pipe (or with ``--json``) the callback does nothing, so progress never
+    pollutes machine-readable output.
+    """
+    if not enabled or not err.is_terminal:
+        yield lambda _n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
