@@ -1,3 +1,6 @@
+"""``python -m strongroom`` runs the CLI."""
+
 from strongroom.cli.main import main
 
-main()
+if __name__ == "__main__":
+    main()

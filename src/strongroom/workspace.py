@@ -59,6 +59,8 @@ class Config:
     region: str
     kms_listen: str
     identities: dict[str, dict[str, str]]
+    #: trust anchors the key service accepts Recipient documents from: "local", "aws"
+    trust: tuple[str, ...] = ("local",)
 
 
 class Workspace:
@@ -130,7 +132,7 @@ class Workspace:
         config = {
             "target": "local",
             "region": region,
-            "keys": {"listen": f"127.0.0.1:{_free_tcp_port()}"},
+            "keys": {"listen": f"127.0.0.1:{_free_tcp_port()}", "trust": ["local"]},
             "identities": identities,
         }
         atomic_write(root / CONFIG_NAME, tomli_w.dumps(config).encode())
@@ -147,6 +149,7 @@ class Workspace:
                 region=raw["region"],
                 kms_listen=raw["keys"]["listen"],
                 identities=raw["identities"],
+                trust=tuple(raw["keys"].get("trust", ["local"])),
             )
         except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
             raise ConfigError(

@@ -78,9 +78,9 @@ def emit(app: AppContext, value: Any, render: Callable[[], None]) -> None:
 
 
 @contextmanager
-def byte_progress(description: str, total: int | None, *, enabled: bool) -> Iterator[
-    Callable[[int], None]
-]:
+def byte_progress(
+    description: str, total: int | None, *, enabled: bool
+) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(n_bytes)`` callback that drives a progress bar on a terminal.
 
     On a pipe (or with ``--json``) the callback does nothing, so progress never

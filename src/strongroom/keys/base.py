@@ -23,10 +23,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from strongroom.errors import StrongroomError, TamperedError
+
 #: The only key-encryption algorithm KMS supports for a Recipient.
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
 
 EncryptionContext = Mapping[str, str]
+
+
+class KeyStateError(StrongroomError):
+    """The key exists but its state forbids the operation (disabled, pending deletion)."""
+
+    exit_code = 3
+
+
+class InvalidCiphertextError(TamperedError):
+    """The ciphertext blob was not produced by this key service, was altered,
+    or the encryption context differs from the one it was encrypted with."""
+
+
+class IncorrectKeyError(TamperedError):
+    """The ciphertext was encrypted under another key than the one named."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,387 @@
+"""``strongroom init``, ``strongroom env`` and ``strongroom keys ...``."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from strongroom.cli._common import AppContext, emit, emit_json, emit_table, err, out, pass_app
+from strongroom.errors import InvalidInputError, UsageError
+from strongroom.keys import service as keyservice
+from strongroom.keys.audit import AuditQuery, read_events
+from strongroom.keys.base import KeyMetadata
+from strongroom.workspace import IDENTITY_NAMES, Workspace
+
+identity_option = click.option(
+    "--as",
+    "identity",
+    type=click.Choice(IDENTITY_NAMES),
+    default="vendor",
+    show_default=True,
+    help="Workspace identity that signs the requests (local target).",
+)
+
+
+@click.command("init")
+@click.option("--force", is_flag=True, help="Recreate an existing workspace (its keys are lost).")
+@click.option("--region", default="us-east-1", show_default=True, help="Region name to report.")
+@pass_app
+def init_command(app: AppContext, force: bool, region: str) -> None:
+    """Create a workspace: config, key store, local CA and two identities.
+
+    \b
+    The workspace is ./.strongroom unless --home or $STRONGROOM_HOME says otherwise.
+    It holds a *host* and a *vendor* identity (account id, principal ARN and an
+    access key pair; secrets in 0600 files). Running it again changes nothing.
+
+    \b
+    Example:
+      strongroom init && strongroom keys serve --detach
+    """
+    root = Workspace.resolve_root(app.home)
+    if Workspace.exists_at(root) and not force:
+        ws = Workspace.locate(root)
+        emit(
+            app,
+            {"home": str(root), "created": False},
+            lambda: out.print(
+                f"workspace already exists at {root}; nothing changed (use --force to recreate it)"
+            ),
+        )
+        return
+    ws = Workspace.create(root, force=force, region=region)
+    from strongroom.attestation.authority import LocalAuthority
+
+    LocalAuthority.open_or_create(ws.ca_dir)
+    ids = ws.identities()
+
+    def render() -> None:
+        out.print(f"created workspace {root}")
+        emit_table(
+            ["identity", "account", "principal"],
+            [(i.name, i.account_id, i.principal_arn) for i in ids],
+        )
+        out.print("next: strongroom keys serve --detach")
+
+    emit(
+        app,
+        {
+            "home": str(root),
+            "created": True,
+            "identities": {
+                i.name: {"account_id": i.account_id, "principal_arn": i.principal_arn} for i in ids
+            },
+        },
+        render,
+    )
+
+
+@click.command("env")
+@click.option(
+    "--as",
+    "identity",
+    type=click.Choice(IDENTITY_NAMES),
+    required=True,
+    help="Which workspace identity the exports act as.",
+)
+@pass_app
+def env_command(app: AppContext, identity: str) -> None:
+    """Print shell exports that point AWS tools at the local key service.
+
+    \b
+    Example:
+      eval "$(strongroom env --as vendor)"
+      aws kms create-key
+    """
+    ws = app.workspace()
+    ident = ws.identity(identity)
+    env = {
+        "AWS_ACCESS_KEY_ID": ident.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": ident.secret_access_key,
+        "AWS_REGION": ws.config.region,
+        "AWS_DEFAULT_REGION": ws.config.region,
+        "AWS_ENDPOINT_URL_KMS": keyservice.endpoint_url(ws),
+    }
+    if app.json:
+        emit_json(
+            {"account_id": ident.account_id, "principal_arn": ident.principal_arn, "env": env}
+        )
+        return
+    # unset a session token a user may have exported: it would break local signatures
+    click.echo("unset AWS_SESSION_TOKEN AWS_PROFILE")
+    for name, value in env.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """The key service: run it, create keys, edit policies, read the audit.
+
+    \b
+    On the local target the key service is `strongroom keys serve`, which
+    speaks the AWS KMS API (boto3 and the aws CLI work against it; see
+    `strongroom env`). On the aws target it is AWS KMS.
+    """
+
+
+@keys_group.command("serve")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT|unix:PATH",
+    help="Address to listen on [default: the workspace's keys.listen].",
+)
+@click.option("--detach", is_flag=True, help="Run in the background and return once it answers.")
+@pass_app
+def serve_command(app: AppContext, listen: str | None, detach: bool) -> None:
+    """Run the local KMS-compatible key service.
+
+    \b
+    Examples:
+      strongroom keys serve &                 # foreground process, in the background
+      strongroom keys serve --detach          # daemon; `strongroom keys stop` ends it
+      strongroom keys serve --listen 127.0.0.1:4000
+    """
+    ws = app.workspace()
+    if detach:
+        rec = keyservice.start_detached(ws, listen)
+        endpoint = rec.addresses["endpoint"]
+        emit(
+            app,
+            {"pid": rec.pid, "endpoint": endpoint},
+            lambda: out.print(f"key service running at {endpoint} (pid {rec.pid})"),
+        )
+        return
+
+    def ready(endpoint: str) -> None:
+        err.print(f"key service listening on {endpoint} (Ctrl-C to stop)")
+
+    keyservice.serve(ws, listen, on_ready=ready)
+
+
+@keys_group.command("status")
+@pass_app
+def status_command(app: AppContext) -> None:
+    """Say whether the local key service runs, where, and since when."""
+    ws = app.workspace()
+    rec = keyservice.running(ws)
+    if rec is None:
+        emit(
+            app,
+            {"running": False},
+            lambda: out.print(
+                "key service: not running (start it with `strongroom keys serve --detach`)"
+            ),
+        )
+        return
+    since = datetime.fromtimestamp(rec.started_at, UTC).isoformat(timespec="seconds")
+    info = {"running": True, "pid": rec.pid, "endpoint": rec.addresses["endpoint"], "since": since}
+    emit(
+        app,
+        info,
+        lambda: out.print(
+            f"key service: running at {info['endpoint']} (pid {rec.pid}, since {since})"
+        ),
+    )
+
+
+@keys_group.command("stop")
+@pass_app
+def stop_command(app: AppContext) -> None:
+    """Stop the local key service (from any shell)."""
+    stopped = keyservice.stop(app.workspace())
+    emit(
+        app,
+        {"stopped": stopped},
+        lambda: out.print("key service stopped" if stopped else "key service was not running"),
+    )
+
+
+def _metadata_dict(m: KeyMetadata) -> dict[str, Any]:
+    return {
+        "KeyId": m.key_id,
+        "Arn": m.arn,
+        "AccountId": m.account_id,
+        "Description": m.description,
+        "KeyState": m.state,
+        "CreationDate": m.creation_date,
+        "DeletionDate": m.deletion_date,
+    }
+
+
+@keys_group.command("create")
+@click.option("--description", default="", help="Free text stored with the key.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Key policy JSON file [default: the owner account may do everything].",
+)
+@click.option("--alias", help="Also create this alias (e.g. alias/my-app).")
+@identity_option
+@pass_app
+def create_command(
+    app: AppContext, description: str, policy_file: Path | None, alias: str | None, identity: str
+) -> None:
+    """Create a symmetric AES-256 key owned by the identity's account.
+
+    \b
+    Example:
+      strongroom keys create --alias alias/classifier --description "model key"
+    """
+    policy = _read_policy(policy_file) if policy_file else None
+    kms = keyservice.connect(app.workspace(), identity=identity)
+    meta = kms.create_key(description=description, policy=policy)
+    if alias:
+        kms.create_alias(alias if alias.startswith("alias/") else f"alias/{alias}", meta.key_id)
+    emit(app, _metadata_dict(meta), lambda: out.print(f"{meta.arn}"))
+
+
+@keys_group.command("list")
+@identity_option
+@pass_app
+def list_command(app: AppContext, identity: str) -> None:
+    """List the keys of the identity's account, with their aliases."""
+    kms = keyservice.connect(app.workspace(), identity=identity)
+    keys = kms.list_keys()
+    aliases: dict[str, list[str]] = {}
+    for a in kms.list_aliases():
+        if a.target_key_id:
+            aliases.setdefault(a.target_key_id, []).append(a.name)
+    rows = [{**_metadata_dict(k), "Aliases": aliases.get(k.key_id, [])} for k in keys]
+    emit(
+        app,
+        rows,
+        lambda: emit_table(
+            ["key id", "aliases", "state", "description"],
+            [(r["KeyId"], ", ".join(r["Aliases"]), r["KeyState"], r["Description"]) for r in rows],
+        ),
+    )
+
+
+@keys_group.command("describe")
+@click.argument("key")
+@identity_option
+@pass_app
+def describe_command(app: AppContext, key: str, identity: str) -> None:
+    """Show a key's metadata. KEY is a key id, ARN or alias."""
+    meta = keyservice.connect(app.workspace(), identity=identity).describe_key(key)
+    data = _metadata_dict(meta)
+    emit(app, data, lambda: emit_table(["field", "value"], data.items()))
+
+
+@keys_group.group("policy")
+def policy_group() -> None:
+    """Read, replace or generate key policies."""
+
+
+@policy_group.command("get")
+@click.argument("key")
+@identity_option
+@pass_app
+def policy_get_command(app: AppContext, key: str, identity: str) -> None:
+    """Print the key policy of KEY (JSON)."""
+    click.echo(keyservice.connect(app.workspace(), identity=identity).get_key_policy(key))
+
+
+@policy_group.command("put")
+@click.argument("key")
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@identity_option
+@pass_app
+def policy_put_command(app: AppContext, key: str, policy_file: Path, identity: str) -> None:
+    """Replace the key policy of KEY with POLICY_FILE.
+
+    The key service refuses a policy that would stop you from changing it again.
+    """
+    keyservice.connect(app.workspace(), identity=identity).put_key_policy(
+        key, _read_policy(policy_file)
+    )
+    emit(app, {"updated": True}, lambda: out.print(f"policy of {key} updated"))
+
+
+@policy_group.command("template")
+@click.option(
+    "--approve",
+    "measurements",
+    multiple=True,
+    metavar="PCR0",
+    help="An approved enclave image measurement (repeatable).",
+)
+@pass_app
+def policy_template_command(app: AppContext, measurements: tuple[str, ...]) -> None:
+    """Print the runbook's key policy for this workspace.
+
+    \b
+    The vendor account keeps full control; the host may call kms:Decrypt only
+    from an enclave whose image measurement (PCR0) is approved: an explicit
+    Deny with StringNotEqualsIgnoreCase on kms:RecipientAttestation:ImageSha384,
+    which also denies a host that sends no attestation at all.
+
+    \b
+    Example:
+      strongroom keys policy template > policy.json
+      strongroom keys policy put alias/classifier policy.json
+    """
+    from strongroom.policy.measurements import runbook_policy
+
+    ws = app.workspace()
+    vendor, host = ws.identity("vendor"), ws.identity("host")
+    click.echo(
+        runbook_policy(
+            vendor.account_id, [f"arn:aws:iam::{host.account_id}:root"], list(measurements)
+        )
+    )
+
+
+@keys_group.command("audit")
+@click.option("--key", help="Only events on this key (id or ARN).")
+@click.option("--since", help="Only events at or after this ISO-8601 time.")
+@pass_app
+def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
+    """Show the key service's audit log: who asked what, and the decision.
+
+    \b
+    Example:
+      strongroom keys audit --key 1234abcd-... --since 2026-01-01T00:00:00Z
+    """
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(
+                f"--since {since!r} is not an ISO-8601 time", hint="e.g. 2026-11-29T10:00:00Z"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    events = list(read_events(app.workspace().audit_log, AuditQuery(key=key, since=when)))
+
+    def render() -> None:
+        emit_table(
+            ["time", "caller", "operation", "key", "outcome", "statement", "image"],
+            [
+                (
+                    e.get("time", "")[:19],
+                    e.get("caller", "-"),
+                    e.get("operation"),
+                    (e.get("key") or "").rsplit("/", 1)[-1][:8],
+                    e.get("outcome"),
+                    e.get("statement") or "",
+                    ((e.get("attestation") or {}).get("image_sha384") or "")[:16],
+                )
+                for e in events
+            ],
+        )
+
+    emit(app, events, render)
+
+
+def _read_policy(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"cannot read policy file {path}: {e}") from e

@@ -1,0 +1,244 @@
+"""Running the local key service, and connecting to whichever key service a workspace uses.
+
+``serve`` binds the listening socket itself (so the port is known and taken
+before anything is recorded), records the service in the workspace, and runs
+the KMS-compatible ASGI app under uvicorn until stopped. ``connect`` returns
+the KeyService a command should use: boto3 against the workspace endpoint on
+the local target, boto3 against AWS KMS on the aws target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from strongroom._internal import services
+from strongroom.errors import (
+    ServiceNotRunningError,
+    UnavailableError,
+    UsageError,
+)
+from strongroom.keys.audit import AuditLog
+from strongroom.keys.aws import KmsKeyService
+from strongroom.keys.local import Caller
+from strongroom.keys.server import KmsApplication
+from strongroom.keys.store import KeyStore
+from strongroom.workspace import Workspace
+
+KIND = "keys"
+NAME = "keyservice"
+START_TIMEOUT_S = 20.0
+#: KMS rejects Recipient attestation documents older than this.
+RECIPIENT_MAX_AGE = timedelta(minutes=5)
+NOT_RUNNING_HINT = "start it with `strongroom keys serve --detach` (or `strongroom keys serve &`)"
+
+
+def parse_listen(listen: str) -> tuple[str, int] | str:
+    """``HOST:PORT`` → (host, port); ``unix:PATH`` → PATH."""
+    if listen.startswith("unix:"):
+        return listen[len("unix:") :]
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"invalid listen address {listen!r}", hint="use HOST:PORT or unix:PATH")
+    return host, int(port)
+
+
+def _bind(listen: str) -> tuple[socket.socket, str]:
+    target = parse_listen(listen)
+    try:
+        if isinstance(target, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(target)
+            os.chmod(target, 0o600)
+            endpoint = f"unix:{target}"
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(target)
+            host, port = sock.getsockname()[:2]
+            endpoint = f"http://{host}:{port}"
+    except OSError as e:
+        raise UsageError(
+            f"cannot listen on {listen}: {e.strerror}",
+            hint="is another key service running? check `strongroom keys status`",
+        ) from e
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock, endpoint
+
+
+def recipient_verifier(ws: Workspace) -> Callable[[bytes], object]:
+    """Verify Recipient documents against the workspace's trust anchors."""
+    from strongroom.attestation.authority import LocalAuthority
+    from strongroom.attestation.roots import aws_root
+    from strongroom.attestation.service import verify_recipient
+
+    anchors = [LocalAuthority.open_or_create(ws.ca_dir).root_certificate()]
+    if "aws" in ws.config.trust:
+        anchors.append(aws_root())
+
+    def verify(document: bytes) -> object:
+        return verify_recipient(
+            document, anchors=anchors, now=datetime.now(UTC), max_age=RECIPIENT_MAX_AGE
+        )
+
+    return verify
+
+
+def build_app(ws: Workspace) -> KmsApplication:
+    callers = {
+        ident.access_key_id: (
+            ident.secret_access_key,
+            Caller(ident.principal_arn, ident.account_id, ident.access_key_id),
+        )
+        for ident in ws.identities()
+    }
+    return KmsApplication(
+        KeyStore(ws.keys_dir),
+        callers,
+        AuditLog(ws.audit_log),
+        region=ws.config.region,
+        verify_recipient=recipient_verifier(ws),  # type: ignore[arg-type]
+    )
+
+
+def running(ws: Workspace) -> services.ServiceRecord | None:
+    rec = services.load(ws.run_dir, KIND, NAME)
+    if rec is not None and not rec.is_alive():
+        services.remove(ws.run_dir, KIND, NAME)
+        return None
+    return rec
+
+
+def serve(ws: Workspace, listen: str | None = None, *, on_ready: Callable[[str], None]) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM."""
+    import uvicorn
+
+    _require_local(ws)
+    existing = running(ws)
+    if existing is not None:
+        raise UsageError(
+            f"the key service already runs (pid {existing.pid}, "
+            f"{existing.addresses.get('endpoint')})",
+            hint="stop it with `strongroom keys stop`",
+        )
+    app = build_app(ws)
+    sock, endpoint = _bind(listen or ws.config.kms_listen)
+    log_path = ws.run_dir / KIND / "server.log"
+    services.record_self(
+        ws.run_dir, KIND, NAME, addresses={"endpoint": endpoint}, log=str(log_path)
+    )
+    try:
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+        )
+        on_ready(endpoint)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        services.remove(ws.run_dir, KIND, NAME)
+        app.audit.close()
+
+
+def start_detached(ws: Workspace, listen: str | None = None) -> services.ServiceRecord:
+    """Start ``strongroom keys serve`` in the background; return once it answers."""
+    _require_local(ws)
+    if (rec := running(ws)) is not None:
+        return rec
+    log_path = ws.run_dir / KIND / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cmd = [sys.executable, "-m", "strongroom", "--home", str(ws.root), "keys", "serve"]
+    if listen:
+        cmd += ["--listen", listen]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UnavailableError(
+                f"the key service exited during start (code {proc.returncode})",
+                hint=f"see {log_path}",
+            )
+        rec = running(ws)
+        if rec is not None and rec.pid == proc.pid and _answers(rec.addresses["endpoint"]):
+            return rec
+        time.sleep(0.05)
+    proc.kill()
+    raise UnavailableError("the key service did not start in time", hint=f"see {log_path}")
+
+
+def stop(ws: Workspace) -> bool:
+    rec = running(ws)
+    if rec is None:
+        return False
+    services.stop(rec)
+    services.remove(ws.run_dir, KIND, NAME)
+    return True
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        if endpoint.startswith("unix:"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(endpoint[len("unix:") :])
+        else:
+            host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _require_local(ws: Workspace) -> None:
+    if ws.config.target != "local":
+        raise UsageError(
+            "the workspace targets AWS: its key service is AWS KMS",
+            hint="`keys serve` runs the local key service; use a local workspace",
+        )
+
+
+def endpoint_url(ws: Workspace) -> str:
+    """Where clients reach the workspace's key service (running or configured)."""
+    rec = running(ws)
+    if rec is not None:
+        return rec.addresses["endpoint"]
+    host_port = ws.config.kms_listen
+    return host_port if host_port.startswith("unix:") else f"http://{host_port}"
+
+
+def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
+    """The KeyService a command of this workspace should use, acting as ``identity``."""
+    config = ws.config
+    if config.target == "aws":
+        # AWS: the standard credential chain decides who we are.
+        return KmsKeyService.connect(region=config.region)
+    if running(ws) is None:
+        raise ServiceNotRunningError("the local key service is not running", hint=NOT_RUNNING_HINT)
+    endpoint = endpoint_url(ws)
+    if endpoint.startswith("unix:"):
+        raise UsageError(
+            "the key service listens on a unix socket; boto3 cannot reach it",
+            hint="serve it on HOST:PORT to use it from the CLI",
+        )
+    ident = ws.identity(identity)
+    return KmsKeyService.connect(
+        region=config.region,
+        endpoint_url=endpoint,
+        access_key_id=ident.access_key_id,
+        secret_access_key=ident.secret_access_key,
+        not_running_hint=NOT_RUNNING_HINT,
+    )
