@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
+from strongroom.cli.demo import demo_command
 from strongroom.cli.keys import env_command, init_command, keys_group
 from strongroom.errors import StrongroomError
 
@@ -44,6 +45,7 @@ def cli(ctx: click.Context, home: str | None, as_json: bool, verbose: bool) -> N
 cli.add_command(init_command)
 cli.add_command(env_command)
 cli.add_command(keys_group)
+cli.add_command(demo_command)
 
 
 def main(argv: list[str] | None = None) -> None:

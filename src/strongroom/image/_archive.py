@@ -66,8 +66,8 @@ def _directories(names: Iterable[str]) -> set[str]:
 
 def write_tar(out: io.BufferedIOBase, files: Mapping[str, Path]) -> None:
     """Stream a deterministic tar of ``files`` (archive name → source) into ``out``."""
-    entries = [(name, None) for name in _directories(files)]
-    entries += [(name, path) for name, path in files.items()]
+    entries: list[tuple[str, Path | None]] = [(name, None) for name in _directories(files)]
+    entries += files.items()
     entries.sort(key=lambda entry: _sort_key(entry[0]))
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name, source in entries:
@@ -123,4 +123,3 @@ def count_files(stream: io.BufferedIOBase, *, label: str) -> int:
             return sum(1 for member in tar if member.isreg())
     except tarfile.TarError as e:
         raise ImageFormatError(f"{label} is not a valid tar archive: {e}") from e
-

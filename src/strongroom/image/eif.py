@@ -315,13 +315,10 @@ class EifReader:
             try:
                 section_type = SectionType(type_code)
             except ValueError:
-                raise ImageFormatError(
-                    f"section {index} has invalid type {type_code}"
-                ) from None
+                raise ImageFormatError(f"section {index} has invalid type {type_code}") from None
             if header_size != size:
                 raise ImageFormatError(
-                    f"section {index} header says {header_size} bytes, "
-                    f"the EIF header says {size}"
+                    f"section {index} header says {header_size} bytes, the EIF header says {size}"
                 )
             if section_type is SectionType.SIGNATURE and size > MAX_SIGNATURE_SIZE:
                 raise ImageFormatError(
@@ -537,9 +534,7 @@ def write_eif(
             0,
             0,
         )
-        crc = crc32_combine(
-            zlib.crc32(header[:_CRC_OFFSET]), body_crc, position - HEADER_SIZE
-        )
+        crc = crc32_combine(zlib.crc32(header[:_CRC_OFFSET]), body_crc, position - HEADER_SIZE)
         f.seek(0)
         f.write(header[:_CRC_OFFSET] + struct.pack(">I", crc))
     return tuple(infos)
