@@ -39,7 +39,7 @@ from strongroom.policy.document import (
     Principals,
     Statement,
 )
-from strongroom.policy.evaluate import Decision, RequestContext, evaluate
+from strongroom.policy.evaluate import ContextValue, Decision, RequestContext, evaluate
 from strongroom.policy.measurements import (
     ALLOW_SID,
     DENY_SID,
@@ -56,6 +56,7 @@ __all__ = [
     "MAX_POLICY_BYTES",
     "OWNER_SID",
     "Condition",
+    "ContextValue",
     "Decision",
     "PolicyDocument",
     "PolicyError",

@@ -32,7 +32,7 @@ _IF_EXISTS = "IfExists"
 _NULL = "Null"
 
 _WILDCARDS = {"*": ".*", "?": "."}
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _COMPARISONS: dict[str, _Comparison] = {
     "Equals": operator.eq,
     "LessThan": operator.lt,

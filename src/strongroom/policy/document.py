@@ -46,13 +46,14 @@ _STATEMENT_ELEMENTS = (
 )
 _PRINCIPAL_TYPES = ("AWS", "Service")
 
+# IAM names and account ids are ASCII; re.ASCII keeps \d and \w from accepting other scripts.
 _PARTITION = r"arn:aws(?:-[a-z]+)*"
 _NAME = r"[\w+=,.@-]+"
-_ACCOUNT = re.compile(r"\d{12}")
-_ACCOUNT_ROOT = re.compile(rf"{_PARTITION}:iam::(\d{{12}}):root")
-_ROLE = re.compile(rf"({_PARTITION}):iam::(\d{{12}}):role/(?:{_NAME}/)*({_NAME})")
-_USER = re.compile(rf"{_PARTITION}:iam::\d{{12}}:user/(?:{_NAME}/)*{_NAME}")
-_SESSION = re.compile(rf"({_PARTITION}):sts::(\d{{12}}):assumed-role/({_NAME})/{_NAME}")
+_ACCOUNT = re.compile(r"\d{12}", re.ASCII)
+_ACCOUNT_ROOT = re.compile(rf"{_PARTITION}:iam::(\d{{12}}):root", re.ASCII)
+_ROLE = re.compile(rf"({_PARTITION}):iam::(\d{{12}}):role/(?:{_NAME}/)*({_NAME})", re.ASCII)
+_USER = re.compile(rf"{_PARTITION}:iam::\d{{12}}:user/(?:{_NAME}/)*{_NAME}", re.ASCII)
+_SESSION = re.compile(rf"({_PARTITION}):sts::(\d{{12}}):assumed-role/({_NAME})/{_NAME}", re.ASCII)
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
 _AWS_PRINCIPAL_FORMS = (_ACCOUNT, _ACCOUNT_ROOT, _ROLE, _USER, _SESSION)
 
@@ -132,7 +133,7 @@ class Condition:
             holds = compile_condition(self.operator, self.key, self.values)
         except ConditionSyntaxError as error:
             raise PolicyError(
-                f"Condition {self.operator} {self.key}: {error}", hint=error.hint
+                f"Condition {self.operator!r} {self.key!r}: {error}", hint=error.hint
             ) from None
         object.__setattr__(self, "_holds", holds)
 
@@ -191,6 +192,8 @@ class Statement:
 
 @dataclass(frozen=True)
 class PolicyDocument:
+    """A parsed key policy; statements keep their order, which decisions refer to by index."""
+
     statements: tuple[Statement, ...]
     version: str | None = None
     id: str | None = None
@@ -206,7 +209,7 @@ class PolicyDocument:
             )
         try:
             data = json.loads(text, object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:  # ValueError: also over-long integers
             raise PolicyError(
                 f"key policy is not valid JSON: {error}", hint="check it with `python -m json.tool`"
             ) from None
@@ -348,11 +351,11 @@ def _conditions(block: object, *, variables: bool) -> tuple[Condition, ...]:
     for operator_name, keys in block.items():
         if not isinstance(keys, dict) or not keys:
             raise PolicyError(
-                f"Condition {operator_name} must be a non-empty object of condition keys",
+                f"Condition {operator_name!r} must be a non-empty object of condition keys",
                 hint=f'e.g. {{"{operator_name}": {{"aws:PrincipalArn": "..."}}}}',
             )
         for key, raw in keys.items():
-            element = f"Condition {operator_name} {key}"
+            element = f"Condition {operator_name!r} {key!r}"
             if ":" not in key:
                 raise PolicyError(
                     f"{element}: a condition key has a service prefix",

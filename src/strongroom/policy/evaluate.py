@@ -51,6 +51,8 @@ class RequestContext:
 
 @dataclass(frozen=True)
 class Decision:
+    """The outcome of :func:`evaluate`, naming the statement that decided it."""
+
     allowed: bool
     effect: Literal["Allow", "Deny", "ImplicitDeny"]
     statement_sid: str | None

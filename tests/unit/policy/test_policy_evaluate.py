@@ -11,13 +11,13 @@ from strongroom.policy import (
     ALLOW_SID,
     DENY_SID,
     OWNER_SID,
+    ContextValue,
     Decision,
     PolicyDocument,
     RequestContext,
     evaluate,
     runbook_policy,
 )
-from strongroom.policy.evaluate import ContextValue
 
 HOST_ACCOUNT = "111122223333"
 OWNER_ACCOUNT = "444455556666"
