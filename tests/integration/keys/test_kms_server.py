@@ -259,7 +259,9 @@ def test_bad_requests_get_kms_errors_and_server_keeps_serving(
     assert kms_client("vendor").list_keys()["Truncated"] is False
 
 
-def test_aws_cli_against_the_server(workspace: Workspace, key_service: str) -> None:
+def test_aws_cli_against_the_server(
+    workspace: Workspace, key_service: str, tmp_path: Path
+) -> None:
     env_json = subprocess.run(
         [
             sys.executable,
@@ -289,8 +291,10 @@ def test_aws_cli_against_the_server(workspace: Workspace, key_service: str) -> N
 
     key_id = aws("create-key")["KeyMetadata"]["KeyId"]
     dk = aws("generate-data-key", "--key-id", key_id, "--key-spec", "AES_256")
-    plain = aws("decrypt", "--ciphertext-blob", dk["CiphertextBlob"])  # base64 in → base64 out
-    assert plain["Plaintext"] == dk["Plaintext"]
+    blob_file = tmp_path / "data-key.bin"
+    blob_file.write_bytes(base64.b64decode(dk["CiphertextBlob"]))
+    plain = aws("decrypt", "--ciphertext-blob", f"fileb://{blob_file}")
+    assert plain["Plaintext"] == dk["Plaintext"]  # both base64
 
 
 def test_restart_keeps_keys_aliases_and_policies(
