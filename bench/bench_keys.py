@@ -44,8 +44,13 @@ def _canned_app() -> Any:
             return
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-amz-json-1.1")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-amz-json-1.1")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -62,11 +67,22 @@ def _serve_canned(port_out: Any) -> None:
     )
 
 
-def _client(endpoint: str, creds: tuple[str, str], op: str, key: str, blob: bytes,
-            seconds: float, start: float, out: Any) -> None:
+def _client(
+    endpoint: str,
+    creds: tuple[str, str],
+    op: str,
+    key: str,
+    blob: bytes,
+    seconds: float,
+    start: float,
+    out: Any,
+) -> None:
     kms = boto3.session.Session().client(
-        "kms", region_name="us-east-1", endpoint_url=endpoint,
-        aws_access_key_id=creds[0], aws_secret_access_key=creds[1],
+        "kms",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id=creds[0],
+        aws_secret_access_key=creds[1],
         config=botocore.config.Config(retries={"max_attempts": 1}),
     )
     call = (
@@ -85,13 +101,22 @@ def _client(endpoint: str, creds: tuple[str, str], op: str, key: str, blob: byte
     out.put(latencies)
 
 
-def measure(endpoint: str, creds: tuple[str, str], op: str, key: str, blob: bytes,
-            clients: int, seconds: float) -> dict[str, float]:
+def measure(
+    endpoint: str,
+    creds: tuple[str, str],
+    op: str,
+    key: str,
+    blob: bytes,
+    clients: int,
+    seconds: float,
+) -> dict[str, float]:
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start = time.time() + 1.5
-    procs = [ctx.Process(target=_client, args=(endpoint, creds, op, key, blob, seconds, start, out))
-             for _ in range(clients)]
+    procs = [
+        ctx.Process(target=_client, args=(endpoint, creds, op, key, blob, seconds, start, out))
+        for _ in range(clients)
+    ]
     for p in procs:
         p.start()
     latencies: list[float] = []
@@ -129,14 +154,18 @@ def main() -> None:
         kms = keyservice.connect(ws)
         key = kms.create_key().key_id
         blob = kms.generate_data_key(key).ciphertext_blob
-        print(f"{'operation':<16}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'base req/s':>12}{'ratio':>8}")
+        print(
+            f"{'operation':<16}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'base req/s':>12}{'ratio':>8}"
+        )
         for op in ("GenerateDataKey", "Decrypt"):
             for n in counts:
                 ours = measure(endpoint, creds, op, key, blob, n, args.seconds)
                 base = measure(canned_endpoint, creds, op, key, blob, n, args.seconds)
-                print(f"{op:<16}{n:>8}{ours['rps']:>10.0f}{ours['p50_ms']:>9.1f}"
-                      f"{ours['p99_ms']:>9.1f}{base['rps']:>12.0f}{ours['rps'] / base['rps']:>8.2f}")
+                print(
+                    f"{op:<16}{n:>8}{ours['rps']:>10.0f}{ours['p50_ms']:>9.1f}"
+                    f"{ours['p99_ms']:>9.1f}{base['rps']:>12.0f}{ours['rps'] / base['rps']:>8.2f}"
+                )
         print(f"machine: {os.cpu_count()} cores; {args.seconds:g}s per measurement")
     finally:
         keyservice.stop(ws)

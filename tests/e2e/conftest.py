@@ -26,11 +26,15 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def cli(home: Path) -> Cli:
-    def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool = True, env: dict[str, str] | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [STRONGROOM, "--home", str(home), *args],
-            capture_output=True, text=True, env={**os.environ, **(env or {})}, input=input,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            input=input,
         )
         if check:
             assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"

@@ -24,8 +24,9 @@ def exports(text: str) -> dict[str, str]:
 
 def aws(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env
-    result = subprocess.run([AWS, "kms", *args, "--output", "json"], env=full,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [AWS, "kms", *args, "--output", "json"], env=full, capture_output=True, text=True
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -50,8 +51,9 @@ def test_runbook_key_flow(cli: Cli, home: Path, tmp_path: Path) -> None:
     assert env_json["env"]["AWS_ACCESS_KEY_ID"] == host["AWS_ACCESS_KEY_ID"]
 
     key_id = json.loads(aws(vendor, "create-key").stdout)["KeyMetadata"]["KeyId"]
-    dk = json.loads(aws(vendor, "generate-data-key", "--key-id", key_id, "--key-spec",
-                        "AES_256").stdout)
+    dk = json.loads(
+        aws(vendor, "generate-data-key", "--key-id", key_id, "--key-spec", "AES_256").stdout
+    )
     blob = tmp_path / "data-key.bin"
     blob.write_bytes(base64.b64decode(dk["CiphertextBlob"]))
     plain = json.loads(aws(vendor, "decrypt", "--ciphertext-blob", f"fileb://{blob}").stdout)
@@ -64,8 +66,11 @@ def test_runbook_key_flow(cli: Cli, home: Path, tmp_path: Path) -> None:
     assert denied.returncode != 0 and "AccessDeniedException" in denied.stderr
 
     audit = json.loads(cli("--json", "keys", "audit", "--key", key_id).stdout)
-    decrypts = [(e["caller"].rsplit("/", 1)[-1], e["outcome"], e.get("statement"))
-                for e in audit if e["operation"] == "Decrypt"]
+    decrypts = [
+        (e["caller"].rsplit("/", 1)[-1], e["outcome"], e.get("statement"))
+        for e in audit
+        if e["operation"] == "Decrypt"
+    ]
     assert decrypts == [
         ("strongroom-vendor", "allowed", "Enable IAM User Permissions"),
         ("strongroom-host", "denied", "DenyDecryptUnlessApprovedImage"),
@@ -109,8 +114,9 @@ def test_errors_are_one_line_with_hint_and_exit_code(cli: Cli, home: Path) -> No
     since = cli("keys", "audit", "--since", "yesterday", check=False)
     assert since.returncode == 2
     assert "Traceback" not in since.stderr
-    verbose = subprocess.run([STRONGROOM, "--home", str(home), "-v", "keys", "list"],
-                             capture_output=True, text=True)
+    verbose = subprocess.run(
+        [STRONGROOM, "--home", str(home), "-v", "keys", "list"], capture_output=True, text=True
+    )
     assert "Traceback" in verbose.stderr
 
 

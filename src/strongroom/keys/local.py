@@ -45,6 +45,7 @@ from strongroom.keys.base import (
     Decrypted,
     EncryptionContext,
     IncorrectKeyError,
+    InvalidCiphertextError,
     KeyMetadata,
     KeyStateError,
     RandomBytes,
@@ -422,7 +423,7 @@ class LocalKeyService:
         self._usable(record)
         version = record.version(header.version)
         if version is None:
-            raise ciphertext.InvalidCiphertextError("the ciphertext names an unknown key version")
+            raise InvalidCiphertextError("the ciphertext names an unknown key version")
         return record, ciphertext.open_blob(version.material, blob, context)
 
     def decrypt(

@@ -20,7 +20,7 @@ from typing import Any
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.compat import HTTPHeaders  # type: ignore[attr-defined]
+from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
 from strongroom.errors import AccessDeniedError

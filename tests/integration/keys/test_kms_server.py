@@ -259,9 +259,7 @@ def test_bad_requests_get_kms_errors_and_server_keeps_serving(
     assert kms_client("vendor").list_keys()["Truncated"] is False
 
 
-def test_aws_cli_against_the_server(
-    workspace: Workspace, key_service: str, tmp_path: Path
-) -> None:
+def test_aws_cli_against_the_server(workspace: Workspace, key_service: str, tmp_path: Path) -> None:
     env_json = subprocess.run(
         [
             sys.executable,
