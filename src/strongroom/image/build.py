@@ -48,7 +48,7 @@ from strongroom.image._archive import collect_tree, is_volatile, write_tar
 from strongroom.image.eif import Arch, Section, SectionInfo, SectionType, write_eif
 from strongroom.image.errors import ImageBuildError
 from strongroom.image.measure import Measurements, PcrCalculator
-from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor
+from strongroom.image.runtime import ENTRYPOINT, LOCAL_RUNTIME_KIND, RuntimeDescriptor
 
 #: What the enclave server imports at run time; their dependency closure
 #: (extras skipped, environment markers evaluated for this host) goes into the
@@ -237,7 +237,7 @@ def _metadata(
             "BuildTime": REPRODUCIBLE_BUILD_TIME,
             "BuildTool": BUILD_TOOL,
             "BuildToolVersion": strongroom.__version__,
-            "OperatingSystem": descriptor.to_json()["kind"],
+            "OperatingSystem": LOCAL_RUNTIME_KIND,
             "KernelVersion": f"python {descriptor.python} ({descriptor.abi})",
         },
         "DockerInfo": {},
@@ -277,20 +277,21 @@ def build_image(
 
     arch = host_arch()
     descriptor = RuntimeDescriptor.for_host()
+    requirements_sha256 = None
+    if requirements is not None:
+        try:
+            requirements_sha256 = hashlib.sha256(requirements.read_bytes()).hexdigest()
+        except OSError as e:
+            raise ImageBuildError(
+                f"cannot read the requirements file {requirements}: {e.strerror}"
+            ) from e
     report("resolving the runtime distributions")
     distributions = runtime_distributions()
     runtime = runtime_files(distributions)
     with tempfile.TemporaryDirectory(prefix="strongroom-image-") as tmp:
         application: dict[str, Path] = {}
         application_distributions: list[dict[str, str]] = []
-        requirements_sha256 = None
         if requirements is not None:
-            try:
-                requirements_sha256 = hashlib.sha256(requirements.read_bytes()).hexdigest()
-            except OSError as e:
-                raise ImageBuildError(
-                    f"cannot read the requirements file {requirements}: {e.strerror}"
-                ) from e
             report(f"installing the requirements of {requirements} with pip")
             target = Path(tmp, "target")
             application = _install_requirements(requirements, target, pip_args)
@@ -309,20 +310,23 @@ def build_image(
             f"writing {output} ({len(runtime)} runtime files, {len(application)} application files)"
         )
         calculator = PcrCalculator()
-        sections = write_eif(
-            output,
-            [
-                Section(SectionType.KERNEL, descriptor.to_bytes()),
-                Section(SectionType.CMDLINE, ENTRYPOINT.encode()),
-                Section(SectionType.METADATA, metadata),
-                Section(SectionType.RAMDISK, functools.partial(write_tar, files=runtime)),
-                Section(SectionType.RAMDISK, functools.partial(write_tar, files=application)),
-            ],
-            default_mem_mib=default_mem_mib,
-            default_cpus=default_cpus,
-            arch=arch,
-            observer=calculator,
-        )
+        try:
+            sections = write_eif(
+                output,
+                [
+                    Section(SectionType.KERNEL, descriptor.to_bytes()),
+                    Section(SectionType.CMDLINE, ENTRYPOINT.encode()),
+                    Section(SectionType.METADATA, metadata),
+                    Section(SectionType.RAMDISK, functools.partial(write_tar, files=runtime)),
+                    Section(SectionType.RAMDISK, functools.partial(write_tar, files=application)),
+                ],
+                default_mem_mib=default_mem_mib,
+                default_cpus=default_cpus,
+                arch=arch,
+                observer=calculator,
+            )
+        except OSError as e:
+            raise ImageBuildError(f"cannot write {output}: {e}") from e
     last = sections[-1]
     return BuildResult(
         path=output,

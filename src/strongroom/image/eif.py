@@ -37,6 +37,7 @@ import contextlib
 import enum
 import io
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -181,6 +182,13 @@ def check_section_types(types: Sequence[SectionType], version: int) -> None:
         raise ImageFormatError(f"an EIF of version {version} must have a metadata section")
 
 
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as e:
+        raise ImageFormatError(f"cannot read the image: {e.strerror}") from e
+
+
 def read_at_most(stream: io.BufferedIOBase, limit: int) -> bytes | None:
     """Read ``stream`` to the end, or return None if it holds more than ``limit`` bytes."""
     data = stream.read(limit + 1)
@@ -224,7 +232,7 @@ class _SectionStream(io.RawIOBase):
         size = min(size, self._end - self._pos)
         if size <= 0:
             return b""
-        data = os.pread(self._fd, size, self._pos)
+        data = _pread(self._fd, size, self._pos)
         if not data:
             raise ImageFormatError(
                 f"the image is truncated: section {self._index} ends early "
@@ -264,13 +272,16 @@ class EifReader:
             raise
 
     def _load(self) -> None:
-        self.file_size = os.fstat(self._fd).st_size
+        status = os.fstat(self._fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageFormatError(f"{self.path} is not a regular file")
+        self.file_size = status.st_size
         if self.file_size < HEADER_SIZE:
             raise ImageFormatError(
                 f"{self.path} is not an EIF: {self.file_size} bytes, "
                 f"shorter than the {HEADER_SIZE}-byte header"
             )
-        self._raw_header = os.pread(self._fd, HEADER_SIZE, 0)
+        self._raw_header = _pread(self._fd, HEADER_SIZE, 0)
         fields = _HEADER.unpack(self._raw_header)
         magic, version, flags, default_mem, default_cpus, _reserved, count = fields[:7]
         offsets = fields[7 : 7 + MAX_SECTIONS]
@@ -310,7 +321,7 @@ class EifReader:
                     f"section {index} ({size} bytes at offset {offset}) runs past the end "
                     f"of the file ({self.file_size} bytes)"
                 )
-            raw = os.pread(self._fd, SECTION_HEADER_SIZE, offset)
+            raw = _pread(self._fd, SECTION_HEADER_SIZE, offset)
             type_code, section_flags, header_size = _SECTION_HEADER.unpack(raw)
             try:
                 section_type = SectionType(type_code)
@@ -371,12 +382,12 @@ class EifReader:
         bytes and may read as much as it likes. What it leaves unread is read
         afterwards, so the observer always sees every byte exactly once.
         """
-        raw_header = os.pread(self._fd, HEADER_SIZE, 0)
+        raw_header = _pread(self._fd, HEADER_SIZE, 0)
         if raw_header != self._raw_header:
             raise ImageFormatError("the image header changed while it was being read")
         crc = zlib.crc32(raw_header[:_CRC_OFFSET])
         for section, raw in zip(self.sections, self._raw_section_headers, strict=True):
-            if os.pread(self._fd, SECTION_HEADER_SIZE, section.offset) != raw:
+            if _pread(self._fd, SECTION_HEADER_SIZE, section.offset) != raw:
                 raise ImageFormatError(
                     f"section {section.index} header changed while the image was being read"
                 )

@@ -79,10 +79,9 @@ def extract_image(path: Path, dest: Path) -> Measurements:
                 hint="files already there would run without being measured",
             )
     calculator = PcrCalculator()
-    ramdisks = 0
+    created: list[Path] = []
 
     def consume(section: SectionInfo, stream: io.BufferedReader) -> None:
-        nonlocal ramdisks
         if section.type is SectionType.KERNEL:
             data = read_at_most(stream, MAX_DESCRIPTOR_SIZE)
             descriptor = RuntimeDescriptor.parse(data) if data is not None else None
@@ -97,24 +96,25 @@ def extract_image(path: Path, dest: Path) -> Measurements:
                     f"the image's entrypoint is {shown!r}; the sandbox only runs {ENTRYPOINT!r}"
                 )
         elif section.type is SectionType.RAMDISK:
-            if ramdisks >= len(targets):
+            if len(created) == len(targets):
                 raise ImageFormatError(f"a local image has {len(targets)} ramdisks, not more")
-            target = targets[ramdisks]
-            ramdisks += 1
+            target = targets[len(created)]
             target.mkdir(parents=True)
-            extract_tar(stream, target, label=f"ramdisk {ramdisks} ({target.name})")
+            created.append(target)
+            extract_tar(stream, target, label=f"ramdisk {len(created)} ({target.name})")
 
     try:
-        with EifReader(path) as reader:
-            crc_ok = reader.scan(calculator, consume)
+        try:
+            with EifReader(path) as reader:
+                crc_ok = reader.scan(calculator, consume)
+        except OSError as e:
+            raise StrongroomError(f"cannot extract {path} into {dest}: {e}") from e
         if not crc_ok:
             raise ImageFormatError(f"{path}: CRC mismatch, the image is damaged")
-        if ramdisks != len(targets):
-            raise ImageFormatError(f"a local image has {len(targets)} ramdisks, not {ramdisks}")
+        if len(created) != len(targets):
+            raise ImageFormatError(f"a local image has {len(targets)} ramdisks, not {len(created)}")
         return calculator.result()
-    except BaseException as e:
-        for target in targets:
+    except BaseException:
+        for target in created:
             shutil.rmtree(target, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise StrongroomError(f"cannot extract {path} into {dest}: {e}") from e
         raise
