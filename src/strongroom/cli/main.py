@@ -11,6 +11,7 @@ from rich.markup import escape
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
 from strongroom.cli.demo import demo_command
+from strongroom.cli.image import image_group
 from strongroom.cli.keys import env_command, init_command, keys_group
 from strongroom.errors import StrongroomError
 
@@ -46,6 +47,7 @@ cli.add_command(init_command)
 cli.add_command(env_command)
 cli.add_command(keys_group)
 cli.add_command(demo_command)
+cli.add_command(image_group)
 
 
 def main(argv: list[str] | None = None) -> None:
