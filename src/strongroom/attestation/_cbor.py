@@ -41,10 +41,12 @@ def loads(data: bytes, *, what: str) -> Any:
     """Decode one CBOR item that must fill ``data`` exactly; ``what`` names it in errors."""
     end = _skip_item(data, 0, 0, what)
     if end != len(data):
-        raise AttestationFormatError(f"{what}: {len(data) - end} trailing bytes after the CBOR item")
+        raise AttestationFormatError(
+            f"{what}: {len(data) - end} trailing bytes after the CBOR item"
+        )
     try:
         return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False)
-    except (cbor2.CBORDecodeError, UnicodeDecodeError) as exc:
+    except cbor2.CBORDecodeError as exc:
         raise AttestationFormatError(f"{what}: invalid CBOR ({exc})") from exc
 
 

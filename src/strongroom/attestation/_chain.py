@@ -78,7 +78,7 @@ def _check_extensions(certificate: x509.Certificate, depth: int) -> None:
     name = _name(certificate)
     try:
         extensions = certificate.extensions
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension) as exc:
         raise CertificateChainError(
             f"certificate chain: {name!r} has malformed extensions ({exc})"
         ) from exc
@@ -154,5 +154,5 @@ def _extension(extensions: x509.Extensions, kind: type[_ExtensionT]) -> _Extensi
 def _name(certificate: x509.Certificate) -> str:
     try:
         return certificate.subject.rfc4514_string()
-    except ValueError:
+    except (ValueError, TypeError):
         return "<unprintable subject>"

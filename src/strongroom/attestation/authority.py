@@ -271,7 +271,9 @@ def _load_issuer(ca_dir: Path, key_file: str, cert_file: str) -> _Issuer | None:
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"local CA key {key_path} is unreadable: {exc}", hint=_RESET_HINT) from exc
+        raise ConfigError(
+            f"local CA key {key_path} is unreadable: {exc}", hint=_RESET_HINT
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
         raise ConfigError(f"local CA key {key_path} is not a P-384 key", hint=_RESET_HINT)
     if key.public_key() != certificate.public_key():

@@ -13,9 +13,9 @@ with text keys in this order: ``module_id``, ``digest``, ``timestamp``,
 
 Where this module sits in the security state machine of a document::
 
-    bytes ──parse()──▶ AttestationDocument ──verify.authenticate()──▶ VerifiedDocument
-                       (well formed)            (chain to a pinned root,   ──verify.verify()──▶ accepted
-                                                 signature, at a time)      (PCRs, nonce, age, debug)
+    bytes ──parse()──▶ AttestationDocument          well formed, nothing trusted
+          ──verify.authenticate()──▶ VerifiedDocument   chain to a pinned root, signature
+          ──verify.verify()──▶ accepted             PCRs, nonce, age, not debug mode
 
 A parsed document is only *well formed*: every type, size and field has been
 checked, but nothing says who made it. Never act on its contents before
@@ -336,9 +336,17 @@ def _pcrs(value: object) -> Mapping[int, bytes]:
 def _certificate(value: object, what: str) -> bytes:
     der = _bytes(value, what, 1, MAX_CERTIFICATE_SIZE)
     try:
-        x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise AttestationFormatError(f"{what}: not a DER X.509 certificate ({exc})") from exc
+        certificate = x509.load_der_x509_certificate(der)
+        # cryptography decodes names, extensions and keys lazily: decode them now, so that
+        # a parsed document never fails later (while describing or verifying it).
+        _ = (
+            certificate.subject.rfc4514_string(),
+            certificate.issuer.rfc4514_string(),
+            certificate.extensions,
+            certificate.public_key(),
+        )
+    except Exception as exc:  # ValueError, TypeError, InvalidVersion, DuplicateExtension, ...
+        raise AttestationFormatError(f"{what}: not a usable DER X.509 certificate ({exc})") from exc
     return der
 
 

@@ -98,7 +98,7 @@ def authenticate(
         module_id=doc.module_id,
         timestamp=doc.time,
         pcrs=doc.pcrs,
-        public_key=_public_key(doc.public_key),
+        public_key=parse_public_key(doc.public_key),
         user_data=doc.user_data,
         nonce=doc.nonce,
         is_debug=is_debug(doc.pcrs),
@@ -136,7 +136,9 @@ def verify(
     for index in sorted(expect_pcrs):
         expected, actual = expect_pcrs[index], verified.pcrs.get(index)
         if actual is None:
-            raise MeasurementMismatchError(f"PCR{index} mismatch: expected {expected.hex()}, absent")
+            raise MeasurementMismatchError(
+                f"PCR{index} mismatch: expected {expected.hex()}, absent"
+            )
         if not hmac.compare_digest(expected, actual):
             raise MeasurementMismatchError(
                 f"PCR{index} mismatch: expected {expected.hex()}, got {actual.hex()}"
@@ -149,9 +151,7 @@ def verify(
     return verified
 
 
-def check_freshness(
-    verified: VerifiedDocument, *, at: datetime, max_age: timedelta | None
-) -> None:
+def check_freshness(verified: VerifiedDocument, *, at: datetime, max_age: timedelta | None) -> None:
     """Step 4: reject documents dated in the future of ``at``, or older than ``max_age``."""
     when = utc(at)
     if verified.timestamp - when > CLOCK_SKEW:
@@ -173,7 +173,8 @@ def is_debug(pcrs: Mapping[int, bytes]) -> bool:
     return any(index in pcrs and not any(pcrs[index]) for index in DEBUG_PCRS)
 
 
-def _public_key(raw: bytes | None) -> PublicKeyTypes | None:
+def parse_public_key(raw: bytes | None) -> PublicKeyTypes | None:
+    """A document's ``public_key`` (DER SubjectPublicKeyInfo or PEM) as a key, else None."""
     if raw is None:
         return None
     try:
