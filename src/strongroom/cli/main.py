@@ -10,9 +10,11 @@ from rich.markup import escape
 
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
+from strongroom.cli.attestation import attestation_group
 from strongroom.cli.demo import demo_command
 from strongroom.cli.image import image_group
 from strongroom.cli.keys import env_command, init_command, keys_group
+from strongroom.cli.sealing import inspect_command, seal_command, unseal_command
 from strongroom.errors import StrongroomError
 
 EXIT_INTERRUPTED = 130
@@ -48,6 +50,10 @@ cli.add_command(env_command)
 cli.add_command(keys_group)
 cli.add_command(demo_command)
 cli.add_command(image_group)
+cli.add_command(attestation_group)
+cli.add_command(seal_command)
+cli.add_command(inspect_command)
+cli.add_command(unseal_command)
 
 
 def main(argv: list[str] | None = None) -> None:

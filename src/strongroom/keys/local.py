@@ -36,6 +36,7 @@ from strongroom.errors import (
     AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
+    VerificationError,
 )
 from strongroom.keys import ciphertext
 from strongroom.keys.base import (
@@ -241,7 +242,13 @@ class LocalKeyService:
             )
         if self._verify_recipient is None:
             raise InvalidInputError("this key service does not accept attestation documents")
-        attestation = self._verify_recipient(recipient.attestation_document)
+        try:
+            attestation = self._verify_recipient(recipient.attestation_document)
+        except (VerificationError, InvalidInputError) as e:
+            # bad evidence is a denial: the caller proved nothing about its enclave
+            raise AccessDeniedError(
+                f"attestation document rejected: {e.message}", hint=e.hint or None
+            ) from e
         self.audit.attestation = {
             "module_id": attestation.module_id,
             "image_sha384": attestation.image_sha384,
