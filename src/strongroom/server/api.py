@@ -1,0 +1,376 @@
+"""The enclave API's Files and Run endpoints (see ``docs/enclave-api.yaml``).
+
+Files (all paths are inside the shared folder; see :mod:`strongroom.server.files`):
+
+=================================  ===============================================
+``GET    /v1/files/stat?path=``     one entry
+``GET    /v1/files/list?path=``     a directory's entries
+``GET    /v1/files/content?path=``  the bytes, streamed (``offset``, ``length``)
+``PUT    /v1/files/content?path=``  write a streamed body (``offset``, ``truncate``,
+                                    ``create``); a whole-file write lands in a
+                                    temporary name and is renamed into place only
+                                    when complete; answers ``{size, sha256}``
+``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks
+``POST   /v1/files/mkdir``          ``{path, parents}``
+``DELETE /v1/files?path=``          (``recursive``)
+``POST   /v1/files/rename``         ``{source, destination}``
+``POST   /v1/files/truncate``       ``{path, size}``
+``POST   /v1/files/times``          ``{path, atime, mtime}``
+``POST   /v1/files/chmod``          ``{path, mode}``
+``GET    /v1/files/statfs``         sizes of the shared folder's filesystem
+=================================  ===============================================
+
+Run: ``POST /v1/runs`` with a :class:`RunRequest` → ``application/x-ndjson``,
+one JSON event per line as it happens (``status``, ``started``, ``stdout``,
+``stderr`` with base64 ``data``, then ``exit`` or ``error``). If the client
+goes away, the response is cancelled, which kills the app and wipes it.
+
+Errors are JSON problem bodies ``{"error": class, "message", "hint"}`` with an
+HTTP status chosen by the error's family; the client maps them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from strongroom.errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    EvidenceError,
+    InvalidInputError,
+    NotFoundError,
+    StrongroomError,
+    UnavailableError,
+    UsageError,
+)
+from strongroom.keys.aws import KmsKeyService
+from strongroom.keys.base import KeyService
+from strongroom.server import runs
+from strongroom.server.files import READ_CHUNK, SharedFolder, split_path
+
+MAX_JSON_BODY = 64 * 1024
+MAX_ARGS = 256
+MAX_ARG_BYTES = 8192
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MkdirBody(_Body):
+    path: str = Field(max_length=4096)
+    parents: bool = False
+
+
+class RenameBody(_Body):
+    source: str = Field(max_length=4096)
+    destination: str = Field(max_length=4096)
+
+
+class TruncateBody(_Body):
+    path: str = Field(max_length=4096)
+    size: int = Field(ge=0)
+
+
+class TimesBody(_Body):
+    path: str = Field(max_length=4096)
+    atime: float
+    mtime: float
+
+
+class ChmodBody(_Body):
+    path: str = Field(max_length=4096)
+    mode: int = Field(ge=0, le=0o777)
+
+
+class Credentials(_Body):
+    """The host's key-service credentials for one run. Never logged, never stored."""
+
+    access_key_id: str = Field(max_length=128)
+    secret_access_key: str = Field(max_length=256, repr=False)
+    session_token: str | None = Field(default=None, max_length=4096, repr=False)
+
+
+class KeyServiceRef(_Body):
+    """Where the enclave reaches the key service, through its egress channel."""
+
+    endpoint_url: str | None = Field(default=None, max_length=512)
+    region: str = Field(max_length=64)
+
+
+class RunRequest(_Body):
+    package: str = Field(max_length=4096)
+    entry: str = Field(max_length=4096)
+    args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
+    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    credentials: Credentials
+    key_service: KeyServiceRef
+
+
+def problem_status(error: StrongroomError) -> int:
+    for cls, status in (
+        (NotFoundError, 404),
+        (AlreadyExistsError, 409),
+        (AccessDeniedError, 403),
+        (EvidenceError, 422),
+        (UsageError, 400),
+        (InvalidInputError, 400),
+        (UnavailableError, 503),
+    ):
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def problem(error: StrongroomError) -> JSONResponse:
+    return JSONResponse(
+        {"error": type(error).__name__, "message": error.message, "hint": error.hint},
+        status_code=problem_status(error),
+    )
+
+
+Handler = Callable[[Request], Any]
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapper(request: Request) -> Response:
+        try:
+            result: Response = await handler(request)
+            return result
+        except StrongroomError as e:
+            return problem(e)
+
+    return wrapper
+
+
+async def _json_body(request: Request, model: type[_Body]) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BODY:
+        raise InvalidInputError(f"request body larger than {MAX_JSON_BODY} bytes")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInputError(f"invalid request: {where}: {first['msg']}") from None
+
+
+def _query_int(request: Request, name: str, default: int | None = None) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise InvalidInputError(f"query parameter {name} must be a non-negative integer")
+    return int(value)
+
+
+def _query_flag(request: Request, name: str, default: bool = False) -> bool:
+    value = request.query_params.get(name)
+    return default if value is None else value.lower() in {"1", "true", "yes"}
+
+
+def _path(request: Request) -> str:
+    return request.query_params.get("path", "")
+
+
+class FilesApi:
+    def __init__(self, shared: SharedFolder) -> None:
+        self.shared = shared
+
+    async def stat(self, request: Request) -> Response:
+        return JSONResponse(self.shared.stat(_path(request)).to_json())
+
+    async def listdir(self, request: Request) -> Response:
+        entries = await run_in_threadpool(self.shared.list, _path(request))
+        return JSONResponse({"entries": [e.to_json() for e in entries]})
+
+    async def read(self, request: Request) -> Response:
+        path = _path(request)
+        offset = _query_int(request, "offset", 0) or 0
+        length = _query_int(request, "length")
+        size = self.shared.stat(path).size
+        chunks = self.shared.read(path, offset, length)
+        headers = {"x-file-size": str(size)}
+        return StreamingResponse(
+            _iterate_in_thread(chunks), media_type="application/octet-stream", headers=headers
+        )
+
+    async def write(self, request: Request) -> Response:
+        path = _path(request)
+        offset = _query_int(request, "offset", 0) or 0
+        truncate = _query_flag(request, "truncate")
+        create = _query_flag(request, "create", True)
+        whole = offset == 0 and truncate
+        parts = split_path(path)
+        if not parts:
+            raise UsageError("a file path is needed")
+        # a whole-file write goes to a temporary sibling and is renamed at the end,
+        # so an interrupted upload never leaves a truncated file under its final name
+        target = path
+        if whole:
+            target = "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
+        fd = self.shared.open_write(
+            target, create=create or whole, truncate=truncate, exclusive=whole
+        )
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    await run_in_threadpool(_pwrite_all, fd, chunk, offset + written)
+                    digest.update(chunk)
+                    written += len(chunk)
+        except BaseException:
+            os.close(fd)
+            if whole:
+                self.shared.remove(target)
+            raise
+        os.close(fd)
+        if whole:
+            self.shared.rename(target, path)
+        return JSONResponse(
+            {"path": "/" + "/".join(parts), "size": written, "sha256": digest.hexdigest()}
+        )
+
+    async def checksum(self, request: Request) -> Response:
+        path = _path(request)
+
+        def compute() -> str:
+            digest = hashlib.sha256()
+            for chunk in self.shared.read(path):
+                digest.update(chunk)
+            return digest.hexdigest()
+
+        return JSONResponse({"path": path, "sha256": await run_in_threadpool(compute)})
+
+    async def mkdir(self, request: Request) -> Response:
+        body = await _json_body(request, MkdirBody)
+        self.shared.mkdir(body.path, parents=body.parents)
+        return JSONResponse({"ok": True})
+
+    async def remove(self, request: Request) -> Response:
+        await run_in_threadpool(
+            self.shared.remove, _path(request), recursive=_query_flag(request, "recursive")
+        )
+        return JSONResponse({"ok": True})
+
+    async def rename(self, request: Request) -> Response:
+        body = await _json_body(request, RenameBody)
+        self.shared.rename(body.source, body.destination)
+        return JSONResponse({"ok": True})
+
+    async def truncate(self, request: Request) -> Response:
+        body = await _json_body(request, TruncateBody)
+        self.shared.truncate(body.path, body.size)
+        return JSONResponse({"ok": True})
+
+    async def times(self, request: Request) -> Response:
+        body = await _json_body(request, TimesBody)
+        self.shared.set_times(body.path, body.atime, body.mtime)
+        return JSONResponse({"ok": True})
+
+    async def chmod(self, request: Request) -> Response:
+        body = await _json_body(request, ChmodBody)
+        self.shared.chmod(body.path, body.mode)
+        return JSONResponse({"ok": True})
+
+    async def statfs(self, request: Request) -> Response:
+        return JSONResponse(self.shared.statfs())
+
+    def routes(self) -> list[Route]:
+        g = _guarded
+        return [
+            Route("/v1/files/stat", g(self.stat), methods=["GET"]),
+            Route("/v1/files/list", g(self.listdir), methods=["GET"]),
+            Route("/v1/files/content", g(self.read), methods=["GET"]),
+            Route("/v1/files/content", g(self.write), methods=["PUT"]),
+            Route("/v1/files/checksum", g(self.checksum), methods=["GET"]),
+            Route("/v1/files/mkdir", g(self.mkdir), methods=["POST"]),
+            Route("/v1/files", g(self.remove), methods=["DELETE"]),
+            Route("/v1/files/rename", g(self.rename), methods=["POST"]),
+            Route("/v1/files/truncate", g(self.truncate), methods=["POST"]),
+            Route("/v1/files/times", g(self.times), methods=["POST"]),
+            Route("/v1/files/chmod", g(self.chmod), methods=["POST"]),
+            Route("/v1/files/statfs", g(self.statfs), methods=["GET"]),
+        ]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+async def _iterate_in_thread(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """Read a blocking generator from a worker thread, one chunk at a time."""
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        chunks.close()
+
+
+class RunApi:
+    """``POST /v1/runs``: key release, decryption, execution, live output."""
+
+    def __init__(
+        self,
+        shared: SharedFolder,
+        environment: Callable[[Callable[[], KeyService]], runs.RunEnvironment],
+        key_service_endpoint: str | None,
+    ) -> None:
+        self.shared = shared
+        self.environment = environment
+        #: the in-enclave address of the egress forwarder to the key service
+        self.key_service_endpoint = key_service_endpoint
+
+    async def start(self, request: Request) -> Response:
+        body: RunRequest = await _json_body(request, RunRequest)
+        creds, ref = body.credentials, body.key_service
+        endpoint = self.key_service_endpoint or ref.endpoint_url
+
+        def key_service() -> KeyService:
+            return KmsKeyService.connect(
+                region=ref.region,
+                endpoint_url=endpoint,
+                access_key_id=creds.access_key_id,
+                secret_access_key=creds.secret_access_key,
+            )
+
+        spec = runs.RunSpec(
+            package=body.package,
+            entry=body.entry,
+            args=tuple(body.args),
+            env=tuple(body.env.items()),
+            timeout_s=body.timeout_s,
+        )
+        for arg in spec.args:
+            if len(arg.encode()) > MAX_ARG_BYTES:
+                raise InvalidInputError(f"an argument is longer than {MAX_ARG_BYTES} bytes")
+        events = runs.run(spec, self.environment(key_service))
+
+        async def ndjson() -> AsyncIterator[bytes]:
+            async for event in events:
+                yield (json.dumps(event) + "\n").encode()
+
+        return StreamingResponse(ndjson(), media_type="application/x-ndjson")
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/runs", _guarded(self.start), methods=["POST"])]
+
+
+__all__ = ["READ_CHUNK", "FilesApi", "RunApi", "RunRequest", "problem"]

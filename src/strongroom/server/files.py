@@ -1,0 +1,307 @@
+"""The shared folder, as the host sees it through the enclave API.
+
+The host reaches files inside the enclave only through this module, and only
+inside the shared folder. Every path is walked component by component with
+``openat(O_NOFOLLOW)`` from a descriptor of the shared root, so neither ``..``,
+an absolute path, nor a symlink — even one the sealed app creates while the
+host is walking — can lead outside it. Symlinks inside the shared folder are
+listed but never followed, and never created by the API.
+
+This is what keeps the decrypted app (in a sibling private folder) out of the
+host's reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from strongroom.errors import AlreadyExistsError, InvalidInputError, NotFoundError, UsageError
+
+MAX_PATH = 4096
+READ_CHUNK = 1024 * 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class PathEscapeError(InvalidInputError):
+    """A path tried to leave the shared folder."""
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    type: str  # file | dir | symlink | other
+    size: int
+    mode: int
+    mtime: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime": self.mtime,
+        }
+
+
+def split_path(path: str) -> list[str]:
+    """Validate a shared-folder path; return its components ('' or '/' → [])."""
+    if len(path) > MAX_PATH or "\x00" in path:
+        raise PathEscapeError("path is too long or contains NUL")
+    parts = [p for p in PurePosixPath("/" + path).parts[1:] if p not in ("", ".")]
+    if ".." in parts:
+        raise PathEscapeError(
+            f"path {path!r} leaves the shared folder", hint="paths may not contain '..'"
+        )
+    return parts
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _translate(e: OSError, path: str) -> Exception:
+    if e.errno == errno.ENOENT:
+        return NotFoundError(f"{path}: no such file or directory")
+    if e.errno == errno.EEXIST:
+        return AlreadyExistsError(f"{path}: already exists")
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return PathEscapeError(f"{path}: a component is a symlink or not a directory")
+    if e.errno == errno.ENOTEMPTY:
+        return UsageError(f"{path}: directory not empty", hint="remove it recursively")
+    if e.errno == errno.EISDIR:
+        return UsageError(f"{path}: is a directory")
+    if e.errno == errno.ENOSPC:
+        return InvalidInputError(f"{path}: no space left in the enclave's shared folder")
+    return InvalidInputError(f"{path}: {e.strerror}")
+
+
+class SharedFolder:
+    """File operations confined to one directory tree."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """Yield (descriptor of the parent directory, final name) for ``path``."""
+        parts = split_path(path)
+        if not parts:
+            raise UsageError("this operation needs a path inside the shared folder, not its root")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts[:-1]:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise _translate(e, path) from e
+                os.close(fd)
+                fd = child
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _directory(self, path: str) -> Iterator[int]:
+        parts = split_path(path)
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    raise _translate(e, path) from e
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _stat(self, path: str) -> FileStat:
+        parts = split_path(path)
+        if not parts:
+            st = os.stat(self.root)
+        else:
+            with self._parent(path) as (fd, name):
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    raise _translate(e, path) from e
+        return FileStat(
+            "/" + "/".join(parts),
+            _kind(st.st_mode),
+            st.st_size,
+            stat.S_IMODE(st.st_mode),
+            st.st_mtime,
+        )
+
+    def stat(self, path: str) -> FileStat:
+        return self._stat(path)
+
+    def list(self, path: str) -> list[FileStat]:
+        base = "/" + "/".join(split_path(path))
+        with self._directory(path) as fd:
+            entries = []
+            for name in sorted(os.listdir(fd)):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                entries.append(
+                    FileStat(
+                        f"{base.rstrip('/')}/{name}",
+                        _kind(st.st_mode),
+                        st.st_size,
+                        stat.S_IMODE(st.st_mode),
+                        st.st_mtime,
+                    )
+                )
+            return entries
+
+    def walk(self, path: str) -> Iterator[FileStat]:
+        """Every entry below ``path`` (depth first), for recursive pulls."""
+        for entry in self.list(path):
+            yield entry
+            if entry.type == "dir":
+                yield from self.walk(entry.path)
+
+    def open_read(self, path: str) -> int:
+        """An O_RDONLY descriptor of a regular file (the caller closes it)."""
+        with self._parent(path) as (fd, name):
+            try:
+                file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise _translate(e, path) from e
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            os.close(file_fd)
+            raise UsageError(f"{path}: not a regular file")
+        return file_fd
+
+    def read(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """Chunks of a file. The file is opened (and checked) now, read lazily."""
+        return _chunks(self.open_read(path), offset, length)
+
+    def open_write(
+        self, path: str, *, create: bool = True, truncate: bool = False, exclusive: bool = False
+    ) -> int:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if create:
+            flags |= os.O_CREAT
+        if truncate:
+            flags |= os.O_TRUNC
+        if exclusive:
+            flags |= os.O_EXCL
+        with self._parent(path) as (fd, name):
+            try:
+                return os.open(name, flags, 0o644, dir_fd=fd)
+            except OSError as e:
+                raise _translate(e, path) from e
+
+    def mkdir(self, path: str, *, parents: bool = False) -> None:
+        parts = split_path(path)
+        if not parts:
+            raise UsageError("the shared folder's root already exists")
+        for depth in range(1 if parents else len(parts), len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            with self._parent(sub) as (fd, name):
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    if depth == len(parts) and not parents:
+                        raise AlreadyExistsError(f"{sub}: already exists") from None
+                    if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise UsageError(f"{sub}: exists and is not a directory") from None
+                except OSError as e:
+                    raise _translate(e, sub) from e
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        with self._parent(path) as (fd, name):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    if recursive:
+                        shutil.rmtree(name, dir_fd=fd)
+                    else:
+                        os.rmdir(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            except OSError as e:
+                raise _translate(e, path) from e
+
+    def rename(self, source: str, destination: str) -> None:
+        with self._parent(source) as (sfd, sname), self._parent(destination) as (dfd, dname):
+            try:
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            except OSError as e:
+                raise _translate(e, f"{source} -> {destination}") from e
+
+    def truncate(self, path: str, size: int) -> None:
+        fd = self.open_write(path, create=False)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def set_times(self, path: str, atime: float, mtime: float) -> None:
+        with self._parent(path) as (fd, name):
+            try:
+                os.utime(name, (atime, mtime), dir_fd=fd, follow_symlinks=False)
+            except OSError as e:
+                raise _translate(e, path) from e
+
+    def chmod(self, path: str, mode: int) -> None:
+        if mode & ~0o777:
+            raise UsageError(f"mode {oct(mode)} may only carry permission bits")
+        with self._parent(path) as (fd, name):
+            try:
+                target = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise _translate(e, path) from e
+        try:
+            os.fchmod(target, mode)
+        finally:
+            os.close(target)
+
+    def statfs(self) -> dict[str, int]:
+        st = os.statvfs(self.root)
+        return {
+            "block_size": st.f_frsize,
+            "blocks": st.f_blocks,
+            "blocks_free": st.f_bavail,
+            "files": st.f_files,
+            "files_free": st.f_favail,
+            "name_max": st.f_namemax,
+        }
+
+    def host_path(self, path: str) -> Path:
+        """The real path of a shared-folder path *inside the enclave* (for app arguments)."""
+        return self.root.joinpath(*split_path(path))
+
+
+def _chunks(fd: int, offset: int, length: int | None) -> Generator[bytes, None, None]:
+    try:
+        remaining = length
+        while remaining is None or remaining > 0:
+            want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+            chunk = os.pread(fd, want, offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
