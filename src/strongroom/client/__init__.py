@@ -1,0 +1,1 @@
+"""Host side: talk to a running enclave (files, runs, attestation)."""

@@ -1,0 +1,197 @@
+"""The host's client of the enclave API.
+
+One :class:`EnclaveClient` per enclave, over its control channel (a unix
+socket locally, vsock on Nitro) through the same httpx transport for both.
+Problem bodies from the server become our own errors again; a channel that
+breaks becomes :class:`EnclaveGoneError`, which says how to check on the
+enclave.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from strongroom import errors
+from strongroom.errors import StrongroomError, TamperedError, UnavailableError
+from strongroom.transport.base import Address
+from strongroom.transport.http import http_transport
+
+UPLOAD_CHUNK = 1024 * 1024
+#: A run may be silent for a long time; reads wait this long between events.
+RUN_READ_TIMEOUT_S = 24 * 3600.0
+
+
+class EnclaveGoneError(UnavailableError):
+    default_hint = "check it with `strongroom enclave status`"
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    path: str
+    type: str
+    size: int
+    mode: int
+    mtime: float
+
+
+def _error_from(response: httpx.Response) -> StrongroomError:
+    try:
+        body = response.json()
+        name, message, hint = body["error"], body["message"], body.get("hint")
+    except (ValueError, KeyError, TypeError):
+        return errors.ServiceError(f"enclave answered HTTP {response.status_code}")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, StrongroomError)):
+        cls = {
+            404: errors.NotFoundError,
+            403: errors.AccessDeniedError,
+            409: errors.AlreadyExistsError,
+            422: errors.EvidenceError,
+            503: errors.UnavailableError,
+        }.get(response.status_code, errors.InvalidInputError)
+    return cls(message, hint=hint or None)
+
+
+class EnclaveClient:
+    def __init__(self, address: Address, *, name: str = "enclave") -> None:
+        self.address = address
+        self.name = name
+        self._http = httpx.Client(
+            transport=http_transport(address),
+            base_url="http://enclave",
+            timeout=httpx.Timeout(60.0, connect=5.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EnclaveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _channel(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TransportError as e:
+            raise EnclaveGoneError(
+                f"lost the channel to enclave {self.name!r}: {e or type(e).__name__}"
+            ) from e
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        with self._channel():
+            response = self._http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    # --- describe / attest --------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/describe")
+        return result
+
+    def attestation(self, nonce: bytes, *, public_key: bytes | None = None) -> bytes:
+        body: dict[str, str] = {"nonce": nonce.hex()}
+        if public_key is not None:
+            body["public_key"] = public_key.hex()
+        result = self._call("POST", "/v1/attestation", json=body)
+        return base64.b64decode(result["document"])
+
+    # --- files --------------------------------------------------------------
+
+    def stat(self, path: str) -> RemoteEntry:
+        return RemoteEntry(**self._call("GET", "/v1/files/stat", params={"path": path}))
+
+    def list(self, path: str) -> list[RemoteEntry]:
+        raw = self._call("GET", "/v1/files/list", params={"path": path})
+        return [RemoteEntry(**e) for e in raw["entries"]]
+
+    def mkdir(self, path: str, *, parents: bool = True) -> None:
+        self._call("POST", "/v1/files/mkdir", json={"path": path, "parents": parents})
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._call("DELETE", "/v1/files", params={"path": path, "recursive": str(recursive)})
+
+    def checksum(self, path: str) -> str:
+        result: str = self._call("GET", "/v1/files/checksum", params={"path": path})["sha256"]
+        return result
+
+    def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
+        """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it."""
+        digest = hashlib.sha256()
+
+        def body() -> Iterator[bytes]:
+            with local.open("rb") as f:
+                while chunk := f.read(UPLOAD_CHUNK):
+                    digest.update(chunk)
+                    progress(len(chunk))
+                    yield chunk
+
+        result = self._call(
+            "PUT",
+            "/v1/files/content",
+            params={"path": remote, "truncate": "true"},
+            content=body(),
+        )
+        if result["sha256"] != digest.hexdigest():
+            raise TamperedError(
+                f"{local} arrived altered in the enclave as {remote}",
+                hint="the transfer was corrupted; push it again",
+            )
+        return digest.hexdigest()
+
+    def download(self, remote: str, local: Path, *, progress: Callable[[int], None]) -> str:
+        """Fetch ``remote`` into ``local`` via a temporary sibling, renamed once verified."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.part-{secrets.token_hex(4)}")
+        digest = hashlib.sha256()
+        try:
+            with (
+                self._channel(),
+                self._http.stream("GET", "/v1/files/content", params={"path": remote}) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                with partial.open("wb") as f:
+                    for chunk in response.iter_bytes(UPLOAD_CHUNK):
+                        f.write(chunk)
+                        digest.update(chunk)
+                        progress(len(chunk))
+            if self.checksum(remote) != digest.hexdigest():
+                raise TamperedError(f"{remote} arrived altered", hint="pull it again")
+            os.replace(partial, local)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return digest.hexdigest()
+
+    # --- runs ---------------------------------------------------------------
+
+    def run(self, request: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        """Start a run; yield its events as they arrive. Closing the iterator cancels it."""
+        timeout = httpx.Timeout(60.0, connect=5.0, read=RUN_READ_TIMEOUT_S)
+        with (
+            self._channel(),
+            self._http.stream("POST", "/v1/runs", json=request, timeout=timeout) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from(response)
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
