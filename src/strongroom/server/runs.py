@@ -28,7 +28,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -115,7 +114,10 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         await asyncio.to_thread(_open_into, spec, envr, data_key, app_dir)
         del data_key
         entry = _entry_path(app_dir, spec.entry)
-        argv = [envr.python, str(entry), *(map_argument(a, envr.shared) for a in spec.args)]
+        # -S -s: the app sees the standard library and the image's packages (PYTHONPATH),
+        # never whatever else the interpreter's own site-packages hold
+        argv = [envr.python, "-S", "-s", str(entry)]
+        argv += [map_argument(a, envr.shared) for a in spec.args]
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(app_dir),
@@ -209,10 +211,6 @@ async def _pump(
 def _kill(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-
-
-def image_python() -> str:
-    return sys.executable
 
 
 __all__ = ["RunEnvironment", "RunSpec", "map_argument", "run"]

@@ -1,0 +1,67 @@
+"""Sealed packages: an application directory encrypted for an attested enclave.
+
+A package is a header (readable without a key: the KMS key id, the wrapped
+data key, the encryption context, the chunk size) followed by a body: a
+deterministic tar of the directory, encrypted with AES-256-GCM in the STREAM
+construction under a key derived from the KMS data key. ``docs/FORMAT.md``
+specifies the bytes; this package is the only code that reads or writes them.
+
+Invariants:
+
+- Sealing and opening run in constant memory (a few chunks), whatever the
+  size of the application; plaintext is never written to disk while sealing.
+- Every chunk authenticates the header and its own position, so any change,
+  truncation, reordering, duplication or appended data is detected, and
+  nothing is returned or extracted from a chunk that did not authenticate.
+- Every archive entry is checked before it is created: no absolute paths, no
+  ``..``, no links out of the tree, no hard links, devices or FIFOs, no
+  duplicates, nothing through a symlink, bounded size and entry count.
+- :func:`seal` and :func:`unseal` leave nothing behind when they fail.
+  :func:`open_package` (enclave side) extracts as chunks authenticate; on
+  failure its caller wipes the destination.
+- Legacy packages (the AWS sample's Fernet + zip envelope) are recognized and
+  opened, in memory and within a size limit.
+"""
+
+from strongroom.sealing.format import (
+    CONTEXT_APP,
+    CONTEXT_APP_VERSION,
+    CONTEXT_VENDOR,
+    DEFAULT_CHUNK_SIZE,
+    FORMAT_VERSION,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    SealedHeader,
+)
+from strongroom.sealing.legacy import LegacyHeader, legacy_fernet_key
+from strongroom.sealing.package import (
+    Header,
+    PackageInfo,
+    inspect,
+    open_package,
+    read_header,
+    seal,
+    unseal,
+)
+from strongroom.sealing.tree import ExtractLimits
+
+__all__ = [
+    "CONTEXT_APP",
+    "CONTEXT_APP_VERSION",
+    "CONTEXT_VENDOR",
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT_VERSION",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "ExtractLimits",
+    "Header",
+    "LegacyHeader",
+    "PackageInfo",
+    "SealedHeader",
+    "inspect",
+    "legacy_fernet_key",
+    "open_package",
+    "read_header",
+    "seal",
+    "unseal",
+]
