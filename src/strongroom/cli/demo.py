@@ -1,55 +1,73 @@
 """``strongroom demo``: the runbook, locally, from nothing, in one command.
 
-Each step prints the runbook checklist line and the command a user would type
-for it, then does exactly that through the same library calls the command
-uses. The demo works in a fresh scratch workspace, so the user's own is never
-touched, and stops every service it started whatever happens.
+Each step prints the runbook's checklist line and the exact ``strongroom``
+command for it, then runs that very command (a child process of the installed
+CLI), so what the demo shows is what a user would see. It works in a fresh
+scratch workspace — the user's own is never touched — and stops every service
+it started, whatever happens.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.markup import escape
 
 from strongroom.cli._common import AppContext, err, out, pass_app
-from strongroom.errors import AccessDeniedError, StrongroomError
-from strongroom.keys import service as keyservice
-from strongroom.keys.audit import read_events
-from strongroom.policy.measurements import runbook_policy
-from strongroom.workspace import Workspace
+from strongroom.errors import StrongroomError
+
+#: The example app and dataset, shipped in the source tree next to the package.
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
-class Steps:
-    """Prints runbook-style steps: a checklist line, the command, then the outcome."""
+class DemoError(StrongroomError):
+    pass
 
-    def __init__(self, home: Path) -> None:
-        self.home = home
+
+class Demo:
+    """Runs and prints the steps; remembers nothing but the scratch directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.home = workdir / "ws"
         self.count = 0
         self.started = time.monotonic()
 
     def section(self, title: str) -> None:
         out.print(f"\n[bold]{escape(title)}[/]")
 
-    @contextmanager
-    def step(self, title: str, *commands: str) -> Iterator[None]:
+    def step(self, title: str) -> None:
         self.count += 1
         out.print(f"[bold cyan]{self.count:>2}.[/] {escape(title)}")
-        for command in commands:
-            out.print(f"      [dim]$ {escape(command)}[/]")
-        t0 = time.monotonic()
-        yield
-        out.print(f"      [green]✓[/] [dim]{time.monotonic() - t0:.1f}s[/]")
 
-    def note(self, text: str) -> None:
-        out.print(f"      {escape(text)}")
+    def cli(self, *args: str, expect: int = 0, show: bool = True, live: bool = False) -> str:
+        """Run ``strongroom ARGS`` in the scratch workspace; print its output indented."""
+        out.print(f"      [dim]$ strongroom {escape(shlex.join(args))}[/]")
+        command = [sys.executable, "-m", "strongroom", "--home", str(self.home), *args]
+        if live:  # let the app's output stream straight to the terminal
+            code = subprocess.run(command, cwd=self.workdir).returncode
+            text = ""
+        else:
+            result = subprocess.run(command, cwd=self.workdir, capture_output=True, text=True)
+            code, text = result.returncode, result.stdout + result.stderr
+            if show and text.strip():
+                for line in text.rstrip().splitlines():
+                    out.print(f"      {escape(line)}")
+        if code != expect:
+            raise DemoError(
+                f"`strongroom {shlex.join(args)}` exited with {code}, expected {expect}",
+                hint=f"run `strongroom demo --keep` and look in {self.home}",
+            )
+        return text
 
 
 @click.command("demo")
@@ -59,100 +77,142 @@ def demo_command(app: AppContext, keep: bool) -> None:
     """Run the whole runbook locally, in a scratch workspace, in one command.
 
     \b
-    Shows what Strongroom does today, step by step, with the command a user
-    would type for each: a fresh workspace, the KMS-compatible key service, a
-    vendor key with a data-key round trip, the runbook's key policy, and the
-    host being denied the vendor's key outside an approved enclave.
-    Your own workspace is never touched; nothing is left running.
+    Vendor: a key, an enclave image approved in the key policy, a sealed app
+    (a digits classifier whose weights are the vendor's secret). Host: the
+    enclave, the egress proxy, the dataset pushed in, the sealed app run, the
+    results pulled out; the host cannot unseal the app itself; after the
+    vendor revokes the image, the next run is denied. Every step prints the
+    command it runs. Your own workspace is untouched; nothing is left running.
     """
-    home = Path(tempfile.mkdtemp(prefix="strongroom-demo-")) / "ws"
-    steps = Steps(home)
-    out.print(f"[bold]Strongroom demo[/] — scratch workspace {home}")
-    ws: Workspace | None = None
+    if not (EXAMPLES / "classifier" / "main.py").is_file():
+        raise DemoError(
+            "the example app is missing", hint="run the demo from a Strongroom source checkout"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
+    demo = Demo(workdir)
+    out.print(f"[bold]Strongroom demo[/] — scratch workspace {demo.home}")
     try:
-        ws = _run(steps, home)
-        out.print(f"\n[bold green]demo complete[/] in {time.monotonic() - steps.started:.0f}s")
+        _run(demo)
+        out.print(f"\n[bold green]demo complete[/] in {time.monotonic() - demo.started:.0f}s")
     finally:
-        if ws is not None:
-            keyservice.stop(ws)
+        _stop_everything(demo)
         if keep:
-            err.print(f"workspace kept at {home} (export STRONGROOM_HOME={home})")
+            err.print(f"kept {workdir} (export STRONGROOM_HOME={demo.home})")
         else:
-            shutil.rmtree(home.parent, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(steps: Steps, home: Path) -> Workspace:
-    from strongroom.attestation.authority import LocalAuthority
-
-    steps.section("1. Host admin: workspace and key service")
-    with steps.step("Create a workspace with a host and a vendor identity", "strongroom init"):
-        ws = Workspace.create(home)
-        LocalAuthority.open_or_create(ws.ca_dir)
-        for ident in ws.identities():
-            steps.note(f"{ident.name:<6} {ident.principal_arn}")
-    with steps.step("Start the KMS-compatible key service", "strongroom keys serve --detach"):
-        rec = keyservice.start_detached(ws)
-        steps.note(f"listening on {rec.addresses['endpoint']}")
-
-    steps.section("2. Vendor: key and key policy")
-    vendor = keyservice.connect(ws, identity="vendor")
-    host = keyservice.connect(ws, identity="host")
-    with steps.step(
-        "Create the vendor's key",
-        'eval "$(strongroom env --as vendor)"',
-        "strongroom keys create --alias alias/demo-app",
-    ):
-        key = vendor.create_key(description="Strongroom demo application key")
-        vendor.create_alias("alias/demo-app", key.key_id)
-        steps.note(key.arn)
-    context = {"vendor": "demo", "app": "classifier"}
-    with steps.step(
-        "Data key round trip (what `strongroom seal` does)",
-        "aws kms generate-data-key --key-id alias/demo-app --key-spec AES_256",
-        "aws kms decrypt --ciphertext-blob fileb://data-key.bin",
-    ):
-        data_key = vendor.generate_data_key("alias/demo-app", encryption_context=context)
-        again = vendor.decrypt(data_key.ciphertext_blob, encryption_context=context)
-        assert again.plaintext == data_key.plaintext
-        steps.note(
-            f"{len(data_key.ciphertext_blob)}-byte encrypted data key; decrypts to the same "
-            f"{len(data_key.plaintext or b'')} bytes"
+def _stop_everything(demo: Demo) -> None:
+    for args in (("enclave", "stop", "--all"), ("proxy", "stop"), ("keys", "stop")):
+        subprocess.run(
+            [sys.executable, "-m", "strongroom", "--home", str(demo.home), *args],
+            capture_output=True,
         )
-    with steps.step(
-        "Put the runbook's key policy: the host may decrypt only from an approved enclave",
-        "strongroom keys policy template > policy.json",
-        "strongroom keys policy put alias/demo-app policy.json",
-    ):
-        host_account = ws.identity("host").account_id
-        policy = runbook_policy(
-            ws.identity("vendor").account_id, [f"arn:aws:iam::{host_account}:root"], []
-        )
-        vendor.put_key_policy(key.key_id, policy)
-        statements = [s.get("Sid") for s in json.loads(policy)["Statement"]]
-        steps.note("statements: " + ", ".join(str(s) for s in statements))
 
-    steps.section("3. Host: try to take the vendor's key outside an enclave")
-    with steps.step(
-        "Decrypt the data key as the host, with no attestation",
-        'eval "$(strongroom env --as host)"',
-        "aws kms decrypt --ciphertext-blob fileb://data-key.bin",
-    ):
-        try:
-            host.decrypt(data_key.ciphertext_blob, encryption_context=context)
-        except AccessDeniedError as e:
-            steps.note(f"denied, as it must be: {e.message.split(' because')[0]}")
-        else:
-            raise StrongroomError("the host decrypted the vendor's data key: policy not enforced")
-    with steps.step("Read the key service's audit log", "strongroom keys audit"):
-        for event in read_events(ws.audit_log):
-            if event.get("operation") in {"Decrypt", "PutKeyPolicy", "CreateKey"}:
-                who = str(event.get("caller", "")).rsplit("/", 1)[-1]
-                steps.note(
-                    f"{event['operation']:<13} {who:<18} {event['outcome']:<8} "
-                    f"{event.get('statement') or ''}"
-                )
 
-    steps.section("4. Clean up")
-    with steps.step("Stop the key service", "strongroom keys stop"):
-        keyservice.stop(ws)
-    return ws
+def _json(text: str) -> Any:
+    return json.loads(text)
+
+
+def _run(demo: Demo) -> None:
+    app_dir = EXAMPLES / "classifier"
+    dataset = EXAMPLES / "host-dataset" / "digits.csv"
+
+    demo.section("1. Host admin: workspace and key service")
+    demo.step("Create the workspace: a host and a vendor identity, the local CA")
+    demo.cli("init")
+    demo.step("Start the KMS-compatible key service")
+    demo.cli("keys", "serve", "--detach")
+
+    demo.section("2. Vendor: key, enclave image, sealed app")
+    demo.step("Create the vendor's key")
+    demo.cli("keys", "create", "--alias", "classifier", "--description", "demo classifier")
+    demo.step("Build the enclave image with the app's runtime requirements (numpy)")
+    demo.cli(
+        "image",
+        "build",
+        "--requirements",
+        str(app_dir / "requirements.txt"),
+        "-o",
+        "classifier.eif",
+    )
+    demo.step("Approve the image: only its measurement (PCR0) may have the key released")
+    demo.cli("image", "approve", "classifier.eif", "--key", "alias/classifier")
+    demo.step("Seal the app (code + secret weights) under the key")
+    demo.cli(
+        "seal",
+        str(app_dir),
+        "--key",
+        "alias/classifier",
+        "--context",
+        "vendor=demo",
+        "--context",
+        "app=classifier",
+        "-o",
+        "classifier.sealed",
+    )
+
+    demo.section("3. Host operator: enclave, proxy, data, run")
+    demo.step("Start the enclave from the vendor's image")
+    demo.cli("enclave", "start", "classifier.eif", "--memory", "1024", show=False)
+    demo.cli("enclave", "status")
+    demo.step("Start the egress proxy (the enclave may reach the key service only)")
+    demo.cli("proxy", "start")
+    demo.step("Check what the enclave runs: its attestation, verified against the image")
+    demo.cli("attest", "--image", "classifier.eif")
+    demo.step("Push the host's dataset into the enclave's shared folder")
+    demo.cli("push", str(dataset), "/dataset/")
+    demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
+    demo.cli(
+        "run",
+        "classifier.sealed",
+        "--entry",
+        "main.py",
+        "--",
+        "--input",
+        "/dataset/digits.csv",
+        "--output",
+        "/output/",
+        live=True,
+    )
+    demo.step("Pull the results out")
+    demo.cli("pull", "/output", "results")
+    metrics = _json((demo.workdir / "results" / "output" / "metrics.json").read_text())
+    out.print(f"      accuracy {metrics['accuracy']:.4f} on {metrics['samples']} samples")
+
+    demo.section("4. What the host cannot do")
+    demo.step("Unseal the vendor's app outside an enclave, as the host")
+    demo.cli("unseal", "classifier.sealed", "-o", "stolen", "--as", "host", expect=5)
+
+    demo.section("5. Revoke")
+    demo.step("The vendor revokes the image's measurement")
+    demo.cli("image", "revoke", "classifier.eif", "--key", "alias/classifier")
+    demo.step("The next run is denied by the key service")
+    demo.cli(
+        "run",
+        "classifier.sealed",
+        "--entry",
+        "main.py",
+        "--",
+        "--input",
+        "/dataset/digits.csv",
+        "--output",
+        "/output/",
+        expect=5,
+    )
+    demo.step("Read the key service's audit log")
+    events = _json(demo.cli("--json", "keys", "audit", show=False))
+    for event in events:
+        if event.get("operation") == "Decrypt":
+            who = str(event.get("caller", "")).rsplit("/", 1)[-1]
+            image = (event.get("attestation") or {}).get("image_sha384", "")[:16]
+            out.print(
+                f"      Decrypt  {who:<18} {event['outcome']:<8} "
+                f"{event.get('statement') or '':<32} {image}"
+            )
+
+    demo.section("6. Clean up")
+    demo.step("Stop the enclave, the proxy and the key service")
+    demo.cli("enclave", "stop", "--all")
+    demo.cli("proxy", "stop")
+    demo.cli("keys", "stop")

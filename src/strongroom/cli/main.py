@@ -11,7 +11,15 @@ from rich.markup import escape
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
 from strongroom.cli.attestation import attestation_group
+from strongroom.cli.client import (
+    attest_command,
+    ls_command,
+    pull_command,
+    push_command,
+    run_command,
+)
 from strongroom.cli.demo import demo_command
+from strongroom.cli.enclave import enclave_group, proxy_group
 from strongroom.cli.image import image_group
 from strongroom.cli.keys import env_command, init_command, keys_group
 from strongroom.cli.sealing import inspect_command, seal_command, unseal_command
@@ -54,6 +62,13 @@ cli.add_command(attestation_group)
 cli.add_command(seal_command)
 cli.add_command(inspect_command)
 cli.add_command(unseal_command)
+cli.add_command(enclave_group)
+cli.add_command(proxy_group)
+cli.add_command(push_command)
+cli.add_command(pull_command)
+cli.add_command(ls_command)
+cli.add_command(run_command)
+cli.add_command(attest_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,422 @@
+"""Host operator commands on a running enclave: ``push``, ``pull``, ``ls``, ``run``, ``attest``."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+import sys
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+
+from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, err, out, pass_app
+from strongroom.client.enclave import EnclaveClient
+from strongroom.errors import (
+    AccessDeniedError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceNotRunningError,
+    StrongroomError,
+    UsageError,
+)
+from strongroom.workspace import Workspace
+
+#: Where `run` puts a local sealed package (the runbook's ~/synced/encrypted).
+ENCRYPTED_DIR = "/encrypted"
+
+enclave_option = click.option(
+    "--enclave", "enclave_name", metavar="NAME", help="Which enclave, when several run."
+)
+
+
+def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
+    """A client for the named running enclave (or the only one)."""
+    from strongroom.enclave import runtime_for
+    from strongroom.transport.base import parse_address
+
+    running = [s for s in runtime_for(ws).status() if s.state == "RUNNING"]
+    if name is not None:
+        running = [s for s in running if s.name == name]
+        if not running:
+            raise ServiceNotRunningError(
+                f"enclave {name!r} is not running", hint="see `strongroom enclave status`"
+            )
+    if not running:
+        raise ServiceNotRunningError(
+            "no enclave is running", hint="start one with `strongroom enclave start IMAGE`"
+        )
+    if len(running) > 1:
+        names = ", ".join(s.name for s in running)
+        raise UsageError(f"several enclaves run ({names})", hint="choose one with --enclave NAME")
+    status = running[0]
+    return EnclaveClient(parse_address(status.addresses["control"]), name=status.name)
+
+
+def _local_files(sources: tuple[Path, ...]) -> list[tuple[Path, PurePosixPath]]:
+    """(local file, path relative to the destination) for every file to push."""
+    files = []
+    for source in sources:
+        if source.is_dir():
+            for root, dirs, names in os.walk(source):
+                dirs.sort()
+                for name in sorted(names):
+                    path = Path(root, name)
+                    if path.is_file() and not path.is_symlink():
+                        rel = path.relative_to(source.parent)
+                        files.append((path, PurePosixPath(*rel.parts)))
+        elif source.is_file():
+            files.append((source, PurePosixPath(source.name)))
+        else:
+            raise NotFoundError(f"{source}: no such file or directory")
+    return files
+
+
+@click.command("push")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("remote")
+@enclave_option
+@pass_app
+def push_command(
+    app: AppContext, sources: tuple[Path, ...], remote: str, enclave_name: str | None
+) -> None:
+    """Copy local files or directories into the enclave's shared folder.
+
+    \b
+    REMOTE is a directory of the shared folder (created if missing); a single
+    file may also be pushed to a new file name. Every file is checksummed on
+    both sides; an interrupted push never leaves a truncated file behind.
+
+    \b
+    Example:
+      strongroom push examples/host-dataset/digits.csv /dataset/
+    """
+    files = _local_files(sources)
+    single_target = len(files) == 1 and sources[0].is_file() and not remote.endswith("/")
+    with connect_enclave(app.workspace(), enclave_name) as enclave:
+        if single_target:
+            with contextlib.suppress(NotFoundError):
+                if enclave.stat(remote).type == "dir":
+                    single_target = False
+        total = sum(p.stat().st_size for p, _ in files)
+        started = time.monotonic()
+        done: list[dict[str, Any]] = []
+        made: set[str] = set()
+        with byte_progress("push", total, enabled=not app.json) as advance:
+            for local, rel in files:
+                target = remote if single_target else str(PurePosixPath(remote) / rel)
+                parent = str(PurePosixPath(target).parent)
+                if parent not in made and parent != "/":
+                    enclave.mkdir(parent, parents=True)
+                    made.add(parent)
+                digest = enclave.upload(local, target, progress=advance)
+                done.append(
+                    {
+                        "local": str(local),
+                        "remote": target,
+                        "sha256": digest,
+                        "size": local.stat().st_size,
+                    }
+                )
+    _summary(app, "pushed", done, total, time.monotonic() - started)
+
+
+def _summary(
+    app: AppContext, verb: str, done: list[dict[str, Any]], total: int, seconds: float
+) -> None:
+    rate = total / seconds / 1e6 if seconds > 0 else 0.0
+    emit(
+        app,
+        {"files": done, "bytes": total, "seconds": seconds},
+        lambda: out.print(
+            f"{verb} {len(done)} file(s), {total} bytes in {seconds:.2f}s ({rate:.1f} MB/s), "
+            "checksums verified"
+        ),
+    )
+
+
+@click.command("pull")
+@click.argument("remotes", nargs=-1, required=True)
+@click.argument("local", type=click.Path(path_type=Path))
+@enclave_option
+@pass_app
+def pull_command(
+    app: AppContext, remotes: tuple[str, ...], local: Path, enclave_name: str | None
+) -> None:
+    """Copy files or directories out of the enclave's shared folder.
+
+    \b
+    Each file is written under a temporary name and renamed into place only
+    once its SHA-256 matches the enclave's.
+
+    \b
+    Example:
+      strongroom pull /output ./results
+    """
+    with connect_enclave(app.workspace(), enclave_name) as enclave:
+        plan: list[tuple[str, Path, int]] = []
+        for remote in remotes:
+            entry = enclave.stat(remote)
+            if entry.type == "dir":
+                base = PurePosixPath(entry.path)
+                stack = [entry.path]
+                while stack:
+                    for child in enclave.list(stack.pop()):
+                        if child.type == "dir":
+                            stack.append(child.path)
+                        elif child.type == "file":
+                            rel = PurePosixPath(child.path).relative_to(base.parent)
+                            plan.append((child.path, local.joinpath(*rel.parts), child.size))
+            elif entry.type == "file":
+                target = (
+                    local / PurePosixPath(entry.path).name
+                    if (local.is_dir() or len(remotes) > 1)
+                    else local
+                )
+                plan.append((entry.path, target, entry.size))
+        total = sum(size for _, _, size in plan)
+        started = time.monotonic()
+        done = []
+        with byte_progress("pull", total, enabled=not app.json) as advance:
+            for remote_path, target, size in plan:
+                digest = enclave.download(remote_path, target, progress=advance)
+                done.append(
+                    {"remote": remote_path, "local": str(target), "sha256": digest, "size": size}
+                )
+    _summary(app, "pulled", done, total, time.monotonic() - started)
+
+
+@click.command("ls")
+@click.argument("remote", default="/")
+@enclave_option
+@pass_app
+def ls_command(app: AppContext, remote: str, enclave_name: str | None) -> None:
+    """List a directory of the enclave's shared folder."""
+    with connect_enclave(app.workspace(), enclave_name) as enclave:
+        entry = enclave.stat(remote)
+        entries = enclave.list(remote) if entry.type == "dir" else [entry]
+    rows = [e.__dict__ for e in entries]
+    emit(
+        app,
+        rows,
+        lambda: emit_table(
+            ["type", "size", "mode", "path"],
+            [(e.type, e.size, oct(e.mode)[2:], e.path) for e in entries],
+        ),
+    )
+
+
+def _run_credentials(ws: Workspace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The host's credentials and key-service reference handed to the enclave for one run."""
+    config = ws.config
+    if config.target == "local":
+        ident = ws.identity("host")
+        creds = {"access_key_id": ident.access_key_id, "secret_access_key": ident.secret_access_key}
+        return creds, {"region": config.region}
+    import boto3
+
+    found = boto3.session.Session().get_credentials()
+    if found is None:
+        raise UsageError(
+            "no AWS credentials found",
+            hint="configure the standard AWS credential chain (env, profile, role)",
+        )
+    frozen = found.get_frozen_credentials()
+    aws_creds: dict[str, Any] = {
+        "access_key_id": frozen.access_key,
+        "secret_access_key": frozen.secret_key,
+        "session_token": frozen.token,
+    }
+    return aws_creds, {"region": config.region}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("package")
+@click.option("--entry", required=True, metavar="PATH", help="Entry script inside the app.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Kill the app after S seconds (exit code 124).",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="K=V",
+    help="Environment variable for the app (repeatable).",
+)
+@enclave_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def run_command(
+    app: AppContext,
+    package: str,
+    entry: str,
+    timeout_s: float | None,
+    env_pairs: tuple[str, ...],
+    enclave_name: str | None,
+    args: tuple[str, ...],
+) -> None:
+    """Run a sealed app in the enclave, with live output; its exit code becomes ours.
+
+    \b
+    PACKAGE is a local sealed file (pushed to /encrypted/ first) or a path in
+    the shared folder. Inside the enclave the data key is released only to an
+    approved image, the app is decrypted into enclave memory, run, and wiped.
+    In ARGS, relative paths point into the app, absolute paths into the
+    shared folder (/dataset/x → shared/dataset/x). Ctrl-C cancels the run.
+
+    \b
+    Example:
+      strongroom run classifier.sealed --entry main.py -- \\
+          --input /dataset/digits.csv --output /output/
+    """
+    env = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--env {pair!r} is not K=V")
+        env[name] = value
+    ws = app.workspace()
+    credentials, key_service = _run_credentials(ws)
+    with connect_enclave(ws, enclave_name) as enclave:
+        local = Path(package)
+        if local.is_file():
+            remote = f"{ENCRYPTED_DIR}/{local.name}"
+            try:
+                same = enclave.checksum(remote) == _sha256(local)
+            except NotFoundError:
+                same = False
+            if not same:
+                enclave.mkdir(ENCRYPTED_DIR, parents=True)
+                with byte_progress("upload", local.stat().st_size, enabled=not app.json) as adv:
+                    enclave.upload(local, remote, progress=adv)
+        elif package.startswith("/"):
+            remote = package
+        else:
+            raise NotFoundError(
+                f"{package}: no such file",
+                hint="name a local .sealed file, or a /path in the shared folder",
+            )
+        request = {
+            "package": remote,
+            "entry": entry,
+            "args": list(args),
+            "env": env,
+            "timeout_s": timeout_s,
+            "credentials": credentials,
+            "key_service": key_service,
+        }
+        code = _stream_run(app, enclave.run(request))
+    sys.exit(code)
+
+
+def _stream_run(app: AppContext, events: Any) -> int:
+    """Copy a run's output to ours as it arrives; return the app's exit code."""
+    stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        for event in events:
+            kind = event["type"]
+            if kind == "stdout":
+                stdout.write(base64.b64decode(event["data"]))
+                stdout.flush()
+            elif kind == "stderr":
+                stderr.write(base64.b64decode(event["data"]))
+                stderr.flush()
+            elif kind == "status" and not app.json:
+                err.print(f"[dim]· {event['message']}[/]")
+            elif kind == "exit":
+                if event.get("reason"):
+                    err.print(f"[yellow]app {event['reason']}[/]")
+                return int(event["code"])
+            elif kind == "error":
+                raise _run_error(event)
+    except KeyboardInterrupt:
+        events.close()  # closes the stream: the enclave kills and wipes the app
+        err.print("run cancelled")
+        return 130
+    raise InvalidInputError(
+        "the enclave ended the run without an exit status", hint="see `strongroom enclave status`"
+    )
+
+
+def _run_error(event: dict[str, Any]) -> StrongroomError:
+    from strongroom import errors
+
+    cls = getattr(errors, str(event.get("error")), None)
+    if not (isinstance(cls, type) and issubclass(cls, StrongroomError)):
+        cls = AccessDeniedError if event.get("exit_code") == 5 else StrongroomError
+    error: StrongroomError = cls(str(event.get("message")), hint=event.get("hint") or None)
+    return error
+
+
+@click.command("attest")
+@click.option("--expect-pcr0", metavar="HEX", help="The image measurement you expect.")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Expect the measurement of this image file.",
+)
+@enclave_option
+@pass_app
+def attest_command(
+    app: AppContext, expect_pcr0: str | None, image: Path | None, enclave_name: str | None
+) -> None:
+    """Check what the enclave runs: fetch its attestation over a fresh nonce and verify it.
+
+    \b
+    Example:
+      strongroom attest --image classifier.eif
+    """
+    from strongroom.attestation.describe import describe
+    from strongroom.attestation.roots import load_anchor
+    from strongroom.attestation.verify import verify
+
+    if expect_pcr0 and image:
+        raise UsageError("give --expect-pcr0 or --image, not both")
+    expected: dict[int, bytes] = {}
+    if image is not None:
+        from strongroom.image import measure_image
+
+        expect_pcr0 = measure_image(image).pcr0
+    if expect_pcr0:
+        try:
+            expected[0] = bytes.fromhex(expect_pcr0)
+        except ValueError:
+            raise UsageError("--expect-pcr0 must be hex") from None
+    ws = app.workspace()
+    nonce = secrets.token_bytes(32)
+    with connect_enclave(ws, enclave_name) as enclave:
+        document = enclave.attestation(nonce)
+    root = "local" if ws.config.target == "local" else "aws"
+    verified = verify(
+        document,
+        trust_anchor=load_anchor(root, ws.ca_dir),
+        expect_pcrs=expected,
+        expect_nonce=nonce,
+    )
+    data = {"verified": True, "trust_anchor": root, **describe(verified.document)}
+
+    def render() -> None:
+        out.print(
+            f"[green]verified[/]: {verified.module_id}, fresh nonce, {root} root"
+            + (", expected PCR0" if expected else "")
+        )
+        for index in (0, 1, 2):
+            out.print(f"PCR{index}  {verified.pcrs[index].hex()}")
+
+    emit(app, data, render)

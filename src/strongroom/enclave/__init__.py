@@ -1,0 +1,44 @@
+"""Enclave runtimes: start, status, stop and console of enclaves, one backend per target.
+
+- :mod:`.base` — the :class:`EnclaveRuntime` interface and its data types;
+- :mod:`.sandbox` — the local target: a bubblewrap sandbox owned by a detached
+  :mod:`.supervisor` (isolation invariants, and what it does *not* protect
+  against, are in its docstring);
+- ``nitro`` — the aws target (``nitro-cli``), not written yet.
+
+Callers get the runtime of their workspace from :func:`runtime_for`.
+"""
+
+from __future__ import annotations
+
+from strongroom.enclave.base import (
+    EnclaveRuntime,
+    EnclaveSpec,
+    EnclaveStatus,
+    StartResult,
+    State,
+)
+from strongroom.errors import UsageError
+from strongroom.workspace import Workspace
+
+
+def runtime_for(workspace: Workspace) -> EnclaveRuntime:
+    """The enclave runtime of ``workspace``'s target."""
+    if workspace.config.target == "local":
+        from strongroom.enclave.sandbox import SandboxRuntime
+
+        return SandboxRuntime(workspace)
+    raise UsageError(
+        f"enclaves on the {workspace.config.target!r} target are not supported yet",
+        hint="use a local workspace (`strongroom init`)",
+    )
+
+
+__all__ = [
+    "EnclaveRuntime",
+    "EnclaveSpec",
+    "EnclaveStatus",
+    "StartResult",
+    "State",
+    "runtime_for",
+]

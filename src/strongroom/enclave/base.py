@@ -1,0 +1,166 @@
+"""The enclave runtime interface: start, status, stop and console of enclaves.
+
+One interface, one implementation per target: :mod:`.sandbox` (the local
+bubblewrap sandbox) and, later, ``nitro`` (``nitro-cli``). Callers (the CLI,
+the client) hold an :class:`EnclaveRuntime` chosen once from the workspace
+configuration (:func:`strongroom.enclave.runtime_for`).
+
+What every runtime guarantees to its callers:
+
+- ``start`` runs exactly the image it measured, with the resources asked for,
+  and returns only once the enclave server answers on the control channel;
+- an enclave's name is unique among the running enclaves of a workspace;
+- ``status`` tells a dead enclave from a running one, and why it died
+  (exit code, out of memory, killed);
+- ``stop`` leaves nothing of the enclave running;
+- ``logs`` exists only for debug-mode enclaves, as ``nitro-cli console``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from strongroom.errors import UsageError
+from strongroom.image import Measurements
+
+#: ``STARTING`` only while ``start`` has not returned; ``STOPPED``: it ended
+#: cleanly (exit code 0); ``FAILED``: it died (exit code, signal, out of memory).
+State = Literal["STARTING", "RUNNING", "STOPPED", "FAILED"]
+
+DEFAULT_NAME = "enclave"
+MIN_MEMORY_MIB = 64
+#: The runbook's rule of thumb: give an enclave at least 4× its image's size.
+MEMORY_PER_IMAGE_BYTE = 4
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise UsageError(
+            f"invalid enclave name {name!r}",
+            hint="use 1-32 characters from a-z, 0-9 and '-', starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class EnclaveSpec:
+    """What to start: an image, its resources, and whether it is a debug enclave."""
+
+    name: str
+    image: Path
+    cpus: int
+    memory_mib: int
+    debug: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image": str(self.image),
+            "cpus": self.cpus,
+            "memory_mib": self.memory_mib,
+            "debug": self.debug,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> EnclaveSpec:
+        return cls(
+            name=check_name(str(raw["name"])),
+            image=Path(str(raw["image"])),
+            cpus=int(raw["cpus"]),
+            memory_mib=int(raw["memory_mib"]),
+            debug=bool(raw["debug"]),
+        )
+
+
+@dataclass(frozen=True)
+class EnclaveStatus:
+    """One enclave as ``status`` reports it."""
+
+    name: str
+    state: State
+    enclave_id: str
+    image: str
+    debug: bool
+    cpus: int
+    memory_mib: int
+    #: The process that owns the enclave on the host (local: its supervisor).
+    pid: int | None
+    #: Where the host reaches the enclave (``control``), and its other channels.
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    #: The enclave's vsock CID (Nitro); None locally.
+    cid: int | None = None
+    measurements: Measurements | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    #: Why the enclave is not running (or what went wrong while it runs).
+    reason: str | None = None
+    #: How memory and CPUs are enforced (see :mod:`strongroom.enclave._limits`).
+    limits: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "enclave_id": self.enclave_id,
+            "image": self.image,
+            "debug": self.debug,
+            "cpus": self.cpus,
+            "memory_mib": self.memory_mib,
+            "pid": self.pid,
+            "cid": self.cid,
+            "addresses": dict(self.addresses),
+            "measurements": None
+            if self.measurements is None
+            else self.measurements.to_nitro_json()["Measurements"],
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "exit_code": self.exit_code,
+            "oom_killed": self.oom_killed,
+            "reason": self.reason,
+            "limits": self.limits,
+        }
+
+
+@dataclass(frozen=True)
+class StartResult:
+    status: EnclaveStatus
+    #: Things the operator should know (e.g. memory below the rule of thumb).
+    warnings: tuple[str, ...] = ()
+
+
+class EnclaveRuntime(Protocol):
+    def start(self, spec: EnclaveSpec) -> StartResult:
+        """Start ``spec`` and return once its server answers on the control channel."""
+        ...
+
+    def status(self, name: str | None = None) -> list[EnclaveStatus]:
+        """Every known enclave (running or dead), or just ``name``."""
+        ...
+
+    def stop(self, name: str | None = None) -> list[EnclaveStatus]:
+        """Stop ``name`` (or every enclave) and forget it; nothing of it keeps running."""
+        ...
+
+    def logs(self, name: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The console of a debug-mode enclave; with ``follow``, until it stops."""
+        ...
+
+
+def memory_warning(memory_mib: int, image_size: int) -> str | None:
+    """The runbook's rule of thumb, as a warning when ``memory_mib`` is below it."""
+    wanted = -(-MEMORY_PER_IMAGE_BYTE * image_size // (1024 * 1024))
+    if memory_mib >= wanted:
+        return None
+    return (
+        f"{memory_mib} MiB is less than {MEMORY_PER_IMAGE_BYTE}× the image size "
+        f"({image_size / (1024 * 1024):.0f} MiB): the enclave may run out of memory "
+        f"(rule of thumb: --memory {wanted} or more)"
+    )

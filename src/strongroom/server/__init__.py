@@ -1,0 +1,19 @@
+"""The enclave side: what runs inside the enclave (the sandbox locally, a Nitro enclave on AWS).
+
+Everything in this package runs inside the enclave and imports nothing
+host-only (no workspace, no CLI, no host services): the enclave's code is
+what the image measured, plus the interpreter the target provides.
+
+Inside the local sandbox the channels are fixed paths, the same for every
+enclave (:data:`ATTESTOR_SOCKET`, :data:`EGRESS_SOCKET`); the listening
+control socket is handed over by the runtime as an inherited descriptor
+(``--listen fd:N``). On Nitro the server binds its vsock port itself and the
+attestor is ``/dev/nsm``.
+"""
+
+from __future__ import annotations
+
+#: The local attestor (the NSM protocol, framed; see :mod:`strongroom.transport.framing`).
+ATTESTOR_SOCKET = "/run/strongroom/attestor.sock"
+#: The egress path: HTTP CONNECT, answered by the host's relay and egress proxy.
+EGRESS_SOCKET = "/run/strongroom/egress.sock"

@@ -1,0 +1,103 @@
+"""Entry point of the enclave server: ``python -m strongroom.server --listen ADDRESS ...``.
+
+Start-up order matters:
+
+1. open the listening socket: an inherited descriptor (``fd:N``, the local
+   sandbox: the runtime bound it on the host, so the enclave needs no writable
+   path on the host) or an address it binds itself (``vsock:-1:5005`` on Nitro);
+2. ask the attestor who we are (PCRs, module id; see :class:`EnclaveIdentity`);
+   an enclave that cannot attest cannot get a key, so it stops here;
+3. start the in-enclave forwarders (``--forward 8000=HOST:PORT`` exposes
+   ``HOST:PORT`` through the egress socket at ``127.0.0.1:8000``);
+4. serve the API with uvicorn on the socket from step 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+import uvicorn
+
+from strongroom.errors import StrongroomError, UsageError
+from strongroom.server import ATTESTOR_SOCKET, EGRESS_SOCKET
+from strongroom.server.app import EnclaveIdentity, ServerConfig, create_app
+from strongroom.server.attestor import default_attestor
+from strongroom.transport.base import Address, TcpAddress, bind, parse_address
+from strongroom.transport.connect import HeadError, parse_authority
+from strongroom.transport.forward import serve_forward
+
+
+def listening_socket(spec: str) -> socket.socket:
+    """``fd:N`` (an inherited listening socket) or an address to bind."""
+    if spec.startswith("fd:"):
+        number = spec[len("fd:") :]
+        if not number.isdigit():
+            raise UsageError(f"invalid descriptor in {spec!r}")
+        sock = socket.socket(fileno=int(number))
+        if sock.type != socket.SOCK_STREAM:
+            raise UsageError(f"descriptor {number} is not a stream socket")
+        return sock
+    return bind(parse_address(spec))
+
+
+def parse_forward(spec: str) -> tuple[int, tuple[str, int]]:
+    """``LOCAL_PORT=HOST:PORT`` → (local port, (host, port))."""
+    local, sep, destination = spec.partition("=")
+    if not sep or not local.isdigit() or not 0 < int(local) <= 65535:
+        raise UsageError(f"invalid forward {spec!r}", hint="write LOCAL_PORT=HOST:PORT")
+    try:
+        return int(local), parse_authority(destination)
+    except HeadError as e:
+        raise UsageError(f"invalid forward {spec!r}: {e.message}") from e
+
+
+async def serve(
+    sock: socket.socket, attestor_path: str, egress: Address | None, forwards: Sequence[str]
+) -> None:
+    started = time.monotonic()
+    attestor = default_attestor(attestor_path)
+    identity = EnclaveIdentity.from_attestor(attestor)
+    servers = []
+    if egress is not None:
+        for spec in forwards:
+            port, destination = parse_forward(spec)
+            servers.append(await serve_forward(TcpAddress("127.0.0.1", port), egress, destination))
+    app = create_app(ServerConfig(attestor, identity, egress, started))
+    config = uvicorn.Config(
+        app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
+    )
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        for server in servers:
+            server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="strongroom.server", description=__doc__)
+    parser.add_argument("--listen", required=True, help="fd:N, unix:/path or vsock:CID:PORT")
+    parser.add_argument("--attestor", default=ATTESTOR_SOCKET, help="the attestor socket path")
+    parser.add_argument(
+        "--egress", default=f"unix:{EGRESS_SOCKET}", help="the egress socket, or 'none'"
+    )
+    parser.add_argument(
+        "--forward", action="append", default=[], help="LOCAL_PORT=HOST:PORT (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        sock = listening_socket(args.listen)
+        egress = None if args.egress == "none" else parse_address(args.egress)
+        asyncio.run(serve(sock, args.attestor, egress, args.forward))
+    except StrongroomError as e:
+        print(f"strongroom.server: {e.diagnostics()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

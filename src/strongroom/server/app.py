@@ -1,0 +1,263 @@
+"""The enclave API (minimal: enough to prove the three channels).
+
+========================  ===================================================
+``GET  /v1/describe``      version, the enclave's measurements and mode, uptime
+``POST /v1/attestation``   ``{"nonce": hex, "public_key": hex?, "user_data": hex?}``
+                           → ``{"document": base64}`` from the attestor
+``POST /v1/egress-check``  ``{"host", "port"}`` → can a tunnel to that
+                           destination be opened through the egress path?
+``POST /v1/debug/exec``    debug enclaves only: ``{"argv": [...], "timeout_s"?}``
+                           → ``{"exit_code", "stdout", "stderr"}``
+========================  ===================================================
+
+Who decides "debug": not the host's command line but the enclave's own
+attestation. At start the server asks its attestor for a document and reads
+its PCRs (:class:`EnclaveIdentity`); PCR0–2 all zero means a debug-mode
+enclave, exactly what a verifier will see. A debug enclave's documents are
+refused by every key policy that names a real measurement, so its exec
+endpoint can never touch a sealed application's plaintext; a host that tried
+to switch it on in a production enclave would have to forge the attestor's
+PCRs, which Nitro's hypervisor does not allow. The endpoint exists so tests
+and vendors can probe the sandbox from inside (network, files, memory).
+
+Every request body is JSON of bounded size with exactly the documented
+fields; anything else is a 400 with ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import strongroom
+from strongroom.attestation.base import Attestor
+from strongroom.attestation.document import MAX_USER_FIELD_SIZE, AttestationDocument
+from strongroom.attestation.verify import is_debug
+from strongroom.errors import StrongroomError
+from strongroom.transport.base import Address
+from strongroom.transport.connect import check_host
+from strongroom.transport.forward import TunnelRefusedError, close, open_tunnel
+
+#: Largest request body accepted by the JSON endpoints.
+MAX_BODY = 16 * 1024
+#: Bounds of the debug exec endpoint.
+EXEC_MAX_ARGS = 64
+EXEC_MAX_OUTPUT = 1024 * 1024
+EXEC_DEFAULT_TIMEOUT_S = 30.0
+EXEC_MAX_TIMEOUT_S = 120.0
+#: The PCRs that describe an image (0-2), and its signer (8, only for signed images).
+IMAGE_PCRS = (0, 1, 2)
+SIGNER_PCR = 8
+
+
+class BadRequest(Exception):
+    """A request body that does not match its schema (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class EnclaveIdentity:
+    """What the enclave's own attestation says about it."""
+
+    module_id: str
+    pcrs: Mapping[int, bytes]
+
+    @property
+    def debug(self) -> bool:
+        return is_debug(self.pcrs)
+
+    @classmethod
+    def from_attestor(cls, attestor: Attestor) -> EnclaveIdentity:
+        document = AttestationDocument.parse(attestor.attest(nonce=os.urandom(32)))
+        return cls(module_id=document.module_id, pcrs=document.pcrs)
+
+    def measurements(self) -> dict[str, str]:
+        described = {f"pcr{i}": self.pcrs[i].hex() for i in IMAGE_PCRS if i in self.pcrs}
+        signer = self.pcrs.get(SIGNER_PCR)
+        if signer is not None and any(signer):
+            described[f"pcr{SIGNER_PCR}"] = signer.hex()
+        return described
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    attestor: Attestor
+    identity: EnclaveIdentity
+    #: The egress socket, or None where the enclave has no egress.
+    egress: Address | None
+    started: float
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _json_body(request: Request, fields: Mapping[str, bool]) -> dict[str, Any]:
+    """The body as a JSON object with only ``fields`` (name → required)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequest(f"body larger than {MAX_BODY} bytes")
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest("body is not JSON") from e
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = set(value) - set(fields)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    missing = [name for name, required in fields.items() if required and name not in value]
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    return value
+
+
+def _hex_field(body: Mapping[str, Any], name: str) -> bytes | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as e:
+        raise BadRequest(f"{name} is not valid hex") from e
+    if len(raw) > MAX_USER_FIELD_SIZE:
+        raise BadRequest(f"{name} is longer than {MAX_USER_FIELD_SIZE} bytes")
+    return raw
+
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def _bad_requests(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> JSONResponse:
+        try:
+            return await handler(request)
+        except BadRequest as e:
+            return _error(400, str(e))
+
+    return wrapped
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    """The ASGI app of the enclave API."""
+
+    async def describe(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "version": strongroom.__version__,
+                "module_id": config.identity.module_id,
+                "measurements": config.identity.measurements(),
+                "debug": config.identity.debug,
+                "uptime_s": round(time.monotonic() - config.started, 3),
+            }
+        )
+
+    async def attestation(request: Request) -> JSONResponse:
+        body = await _json_body(request, {"nonce": True, "public_key": False, "user_data": False})
+        nonce = _hex_field(body, "nonce")
+        if nonce is None:
+            raise BadRequest("nonce must be a hex string")
+        public_key, user_data = _hex_field(body, "public_key"), _hex_field(body, "user_data")
+        try:
+            document = await run_in_threadpool(
+                config.attestor.attest, public_key=public_key, user_data=user_data, nonce=nonce
+            )
+        except StrongroomError as e:
+            return _error(503, f"the attestor failed: {e.message}")
+        return JSONResponse({"document": base64.b64encode(document).decode()})
+
+    async def egress_check(request: Request) -> JSONResponse:
+        body = await _json_body(request, {"host": True, "port": True})
+        host, port = body["host"], body["port"]
+        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+            raise BadRequest("host must be a string and port an integer")
+        try:
+            check_host(host)
+        except StrongroomError as e:
+            raise BadRequest(e.message) from e
+        if not 0 < port <= 65535:
+            raise BadRequest("port must be from 1 to 65535")
+        if config.egress is None:
+            return JSONResponse({"ok": False, "status": None, "detail": "no egress channel"})
+        try:
+            _, writer = await open_tunnel(config.egress, host, port)
+        except TunnelRefusedError as e:
+            return JSONResponse({"ok": False, "status": e.status, "detail": e.message})
+        except StrongroomError as e:
+            return JSONResponse({"ok": False, "status": None, "detail": e.message})
+        await close(writer)
+        return JSONResponse({"ok": True, "status": 200, "detail": f"tunnel to {host}:{port}"})
+
+    async def debug_exec(request: Request) -> JSONResponse:
+        if not config.identity.debug:
+            return _error(404, "not found")
+        body = await _json_body(request, {"argv": True, "timeout_s": False})
+        argv, timeout = body["argv"], body.get("timeout_s", EXEC_DEFAULT_TIMEOUT_S)
+        if (
+            not isinstance(argv, list)
+            or not 0 < len(argv) <= EXEC_MAX_ARGS
+            or not all(isinstance(a, str) for a in argv)
+        ):
+            raise BadRequest(f"argv must be a list of 1 to {EXEC_MAX_ARGS} strings")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise BadRequest("timeout_s must be a number")
+        if not 0 < timeout <= EXEC_MAX_TIMEOUT_S:
+            raise BadRequest(f"timeout_s must be in (0, {EXEC_MAX_TIMEOUT_S}]")
+        return JSONResponse(await _run(argv, float(timeout)))
+
+    routes = [
+        Route("/v1/describe", describe, methods=["GET"]),
+        Route("/v1/attestation", _bad_requests(attestation), methods=["POST"]),
+        Route("/v1/egress-check", _bad_requests(egress_check), methods=["POST"]),
+        Route("/v1/debug/exec", _bad_requests(debug_exec), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _run(argv: list[str], timeout: float) -> dict[str, Any]:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as e:
+        return {"exit_code": None, "stdout": "", "stderr": f"cannot run {argv[0]}: {e.strerror}"}
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(timeout):
+            stdout, stderr = await asyncio.gather(_drain(proc.stdout), _drain(proc.stderr))
+            exit_code = await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {"exit_code": None, "stdout": "", "stderr": f"timed out after {timeout} s"}
+    return {
+        "exit_code": exit_code,
+        "stdout": stdout.decode("utf-8", "replace"),
+        "stderr": stderr.decode("utf-8", "replace"),
+    }
+
+
+async def _drain(stream: asyncio.StreamReader) -> bytes:
+    """Read to EOF, keeping the first :data:`EXEC_MAX_OUTPUT` bytes (the rest is discarded)."""
+    kept = bytearray()
+    while chunk := await stream.read(64 * 1024):
+        kept += chunk[: EXEC_MAX_OUTPUT - len(kept)]
+    return bytes(kept)
