@@ -91,7 +91,13 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.image import ENTRYPOINT, Measurements, read_runtime_descriptor
-from strongroom.server import ATTESTOR_SOCKET, EGRESS_SOCKET
+from strongroom.server import (
+    APPS_DIR,
+    ATTESTOR_SOCKET,
+    EGRESS_SOCKET,
+    IMAGE_MOUNT,
+    SHARED_DIR,
+)
 from strongroom.transport.base import UnixAddress
 from strongroom.transport.http import http_transport
 from strongroom.workspace import Workspace
@@ -106,9 +112,6 @@ _POLL_S = 0.05
 LOGS_CHUNK = 64 * 1024
 
 #: Inside the sandbox.
-IMAGE_MOUNT = "/image"
-APPS_DIR = "/enclave/apps"
-SHARED_DIR = "/enclave/shared"
 SANDBOX_UID = 1000
 SANDBOX_HOSTNAME = "enclave"
 PYCACHE_DIR = "/tmp/pycache"  # noqa: S108 - the sandbox's private tmpfs

@@ -17,3 +17,13 @@ from __future__ import annotations
 ATTESTOR_SOCKET = "/run/strongroom/attestor.sock"
 #: The egress path: HTTP CONNECT, answered by the host's relay and egress proxy.
 EGRESS_SOCKET = "/run/strongroom/egress.sock"
+#: Where the image is mounted, read-only; the vendor's packages are under it.
+IMAGE_MOUNT = "/image"
+APP_PACKAGES = f"{IMAGE_MOUNT}/app-packages"
+#: Private, memory-backed: decrypted apps, one directory per run, wiped after it.
+APPS_DIR = "/enclave/apps"
+#: Memory-backed too: the only folder the host reaches (through the Files API).
+SHARED_DIR = "/enclave/shared"
+#: Written into the shared folder at start, as the AWS sample's server does.
+BANNER_FILE = "from_server.txt"
+BANNER_TEXT = "Enclave Server Initialised\n"

@@ -20,16 +20,26 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 
 from strongroom.errors import StrongroomError, UsageError
-from strongroom.server import ATTESTOR_SOCKET, EGRESS_SOCKET
+from strongroom.server import (
+    APP_PACKAGES,
+    APPS_DIR,
+    ATTESTOR_SOCKET,
+    BANNER_FILE,
+    BANNER_TEXT,
+    EGRESS_SOCKET,
+    SHARED_DIR,
+)
 from strongroom.server.app import EnclaveIdentity, ServerConfig, create_app
 from strongroom.server.attestor import default_attestor
+from strongroom.server.files import SharedFolder
 from strongroom.transport.base import Address, TcpAddress, bind, parse_address
 from strongroom.transport.connect import HeadError, parse_authority
-from strongroom.transport.forward import serve_forward
+from strongroom.transport.forward import KMS_LOCAL_PORT, serve_forward
 
 
 def listening_socket(spec: str) -> socket.socket:
@@ -57,7 +67,13 @@ def parse_forward(spec: str) -> tuple[int, tuple[str, int]]:
 
 
 async def serve(
-    sock: socket.socket, attestor_path: str, egress: Address | None, forwards: Sequence[str]
+    sock: socket.socket,
+    attestor_path: str,
+    egress: Address | None,
+    forwards: Sequence[str],
+    *,
+    shared_dir: str = SHARED_DIR,
+    apps_dir: str = APPS_DIR,
 ) -> None:
     started = time.monotonic()
     attestor = default_attestor(attestor_path)
@@ -67,12 +83,25 @@ async def serve(
         for spec in forwards:
             port, destination = parse_forward(spec)
             servers.append(await serve_forward(TcpAddress("127.0.0.1", port), egress, destination))
-    app = create_app(ServerConfig(attestor, identity, egress, started))
-    config = uvicorn.Config(
+    shared = SharedFolder(Path(shared_dir))
+    shared.root.joinpath(BANNER_FILE).write_text(BANNER_TEXT)
+    kms_forwarded = any(parse_forward(spec)[0] == KMS_LOCAL_PORT for spec in forwards)
+    config = ServerConfig(
+        attestor,
+        identity,
+        egress,
+        started,
+        shared=shared,
+        apps_root=Path(apps_dir),
+        app_python_path=(APP_PACKAGES,),
+        key_service_endpoint=f"http://127.0.0.1:{KMS_LOCAL_PORT}" if kms_forwarded else None,
+    )
+    app = create_app(config)
+    server_config = uvicorn.Config(
         app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
     )
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await uvicorn.Server(server_config).serve(sockets=[sock])
     finally:
         for server in servers:
             server.close()
@@ -88,11 +117,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--forward", action="append", default=[], help="LOCAL_PORT=HOST:PORT (repeatable)"
     )
+    parser.add_argument("--shared", default=SHARED_DIR, help="the shared folder")
+    parser.add_argument("--apps", default=APPS_DIR, help="the private folder for decrypted apps")
     args = parser.parse_args(argv)
     try:
         sock = listening_socket(args.listen)
         egress = None if args.egress == "none" else parse_address(args.egress)
-        asyncio.run(serve(sock, args.attestor, egress, args.forward))
+        asyncio.run(
+            serve(
+                sock,
+                args.attestor,
+                egress,
+                args.forward,
+                shared_dir=args.shared,
+                apps_dir=args.apps,
+            )
+        )
     except StrongroomError as e:
         print(f"strongroom.server: {e.diagnostics()}", file=sys.stderr)
         return 1

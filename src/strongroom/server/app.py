@@ -30,9 +30,11 @@ import asyncio
 import base64
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -46,6 +48,10 @@ from strongroom.attestation.base import Attestor
 from strongroom.attestation.document import MAX_USER_FIELD_SIZE, AttestationDocument
 from strongroom.attestation.verify import is_debug
 from strongroom.errors import StrongroomError
+from strongroom.keys.base import KeyService
+from strongroom.server.api import FilesApi, RunApi
+from strongroom.server.files import SharedFolder
+from strongroom.server.runs import RunEnvironment
 from strongroom.transport.base import Address
 from strongroom.transport.connect import check_host
 from strongroom.transport.forward import TunnelRefusedError, close, open_tunnel
@@ -97,10 +103,22 @@ class ServerConfig:
     #: The egress socket, or None where the enclave has no egress.
     egress: Address | None
     started: float
+    #: The shared folder (the host's only view) and the private app folder.
+    shared: SharedFolder
+    apps_root: Path
+    #: Where the sealed apps' runtime packages are (the image's second ramdisk).
+    app_python_path: tuple[str, ...] = ()
+    #: The key service as the enclave reaches it (an in-enclave forwarder), if fixed.
+    key_service_endpoint: str | None = None
+
+
+_ERROR_NAMES = {400: "InvalidInputError", 404: "NotFoundError", 503: "UnavailableError"}
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    """A problem body in the one shape every enclave API error has (see server.api)."""
+    body = {"error": _ERROR_NAMES.get(status, "ServiceError"), "message": message, "hint": None}
+    return JSONResponse(body, status_code=status)
 
 
 async def _json_body(request: Request, fields: Mapping[str, bool]) -> dict[str, Any]:
@@ -226,6 +244,20 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/v1/egress-check", _bad_requests(egress_check), methods=["POST"]),
         Route("/v1/debug/exec", _bad_requests(debug_exec), methods=["POST"]),
     ]
+    routes += FilesApi(config.shared).routes()
+
+    def run_environment(key_service: Callable[[], KeyService]) -> RunEnvironment:
+        return RunEnvironment(
+            shared=config.shared,
+            apps_root=config.apps_root,
+            python=sys.executable,
+            python_path=config.app_python_path,
+            attestor=config.attestor,
+            key_service=key_service,
+            measurement=config.identity.pcrs.get(0, b"").hex(),
+        )
+
+    routes += RunApi(config.shared, run_environment, config.key_service_endpoint).routes()
     return Starlette(routes=routes)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.release import decrypt_with_attestation
-from strongroom.errors import StrongroomError, UsageError
+from strongroom.errors import AccessDeniedError, StrongroomError, UsageError
 from strongroom.keys.base import KeyService
 from strongroom.sealing import open_package, read_header
 from strongroom.server.files import SharedFolder, split_path
@@ -67,6 +67,8 @@ class RunEnvironment:
     python_path: tuple[str, ...]  # where the image's app packages are
     attestor: Attestor
     key_service: Callable[[], KeyService]  # made per run, with the run's credentials
+    #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
+    measurement: str = ""
 
 
 def map_argument(arg: str, shared: SharedFolder) -> str:
@@ -183,13 +185,22 @@ def _release_key(spec: RunSpec, envr: RunEnvironment) -> bytes:
     fd = envr.shared.open_read(spec.package)
     with os.fdopen(fd, "rb") as stream:
         header = read_header(stream)
-    return decrypt_with_attestation(
-        envr.key_service(),
-        envr.attestor,
-        header.encrypted_data_key,
-        key_id=header.key_id,
-        encryption_context=header.encryption_context or None,
-    )
+    try:
+        return decrypt_with_attestation(
+            envr.key_service(),
+            envr.attestor,
+            header.encrypted_data_key,
+            key_id=header.key_id,
+            encryption_context=header.encryption_context or None,
+        )
+    except AccessDeniedError as e:
+        raise AccessDeniedError(
+            f"the key service refused to release the app's key to this enclave: "
+            f"image measurement {envr.measurement or '(unknown)'} is not approved for "
+            f"{header.key_id or 'the key'}",
+            hint="the vendor approves an image with `strongroom image approve IMAGE --key KEY`; "
+            f"key service said: {e.message}",
+        ) from e
 
 
 def _open_into(spec: RunSpec, envr: RunEnvironment, data_key: bytes, app_dir: Path) -> None:
