@@ -51,6 +51,7 @@ from strongroom.errors import StrongroomError
 from strongroom.keys.base import KeyService
 from strongroom.server.api import FilesApi, RunApi
 from strongroom.server.files import SharedFolder
+from strongroom.server.openapi import document as openapi_document
 from strongroom.server.runs import RunEnvironment
 from strongroom.transport.base import Address
 from strongroom.transport.connect import check_host
@@ -258,6 +259,11 @@ def create_app(config: ServerConfig) -> Starlette:
         )
 
     routes += RunApi(config.shared, run_environment, config.key_service_endpoint).routes()
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document())
+
+    routes.append(Route("/v1/openapi.json", openapi, methods=["GET"]))
     return Starlette(routes=routes)
 
 
