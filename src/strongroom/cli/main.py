@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
@@ -10,22 +11,48 @@ from rich.markup import escape
 
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
-from strongroom.cli.attestation import attestation_group
-from strongroom.cli.client import (
-    attest_command,
-    ls_command,
-    pull_command,
-    push_command,
-    run_command,
-)
-from strongroom.cli.demo import demo_command
-from strongroom.cli.enclave import enclave_group, proxy_group
-from strongroom.cli.image import image_group
-from strongroom.cli.keys import env_command, init_command, keys_group
-from strongroom.cli.sealing import inspect_command, seal_command, unseal_command
 from strongroom.errors import StrongroomError
 
 EXIT_INTERRUPTED = 130
+
+#: command name → "module:attribute". Modules are imported only when their
+#: command runs (or for the top-level --help): a command's start-up then pays
+#: for its own dependencies only (boto3, uvicorn, ... are slow to import).
+COMMANDS = {
+    "init": "keys:init_command",
+    "env": "keys:env_command",
+    "keys": "keys:keys_group",
+    "seal": "sealing:seal_command",
+    "inspect": "sealing:inspect_command",
+    "unseal": "sealing:unseal_command",
+    "image": "image:image_group",
+    "attestation": "attestation:attestation_group",
+    "enclave": "enclave:enclave_group",
+    "proxy": "enclave:proxy_group",
+    "push": "client:push_command",
+    "pull": "client:pull_command",
+    "ls": "client:ls_command",
+    "run": "client:run_command",
+    "attest": "client:attest_command",
+    "demo": "demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        module = importlib.import_module(f"strongroom.cli.{module_name}")
+        command: click.Command = getattr(module, attribute)
+        return command
+
 
 HELP = """Seal applications so that only an attested enclave can run them.
 
@@ -38,7 +65,7 @@ The workspace is ./.strongroom, $STRONGROOM_HOME, or --home DIR.
 """
 
 
-@click.group(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="strongroom")
 @click.option(
     "--home",
@@ -51,24 +78,6 @@ The workspace is ./.strongroom, $STRONGROOM_HOME, or --home DIR.
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, as_json: bool, verbose: bool) -> None:
     ctx.obj = AppContext(home=home, json=as_json, verbose=verbose)
-
-
-cli.add_command(init_command)
-cli.add_command(env_command)
-cli.add_command(keys_group)
-cli.add_command(demo_command)
-cli.add_command(image_group)
-cli.add_command(attestation_group)
-cli.add_command(seal_command)
-cli.add_command(inspect_command)
-cli.add_command(unseal_command)
-cli.add_command(enclave_group)
-cli.add_command(proxy_group)
-cli.add_command(push_command)
-cli.add_command(pull_command)
-cli.add_command(ls_command)
-cli.add_command(run_command)
-cli.add_command(attest_command)
 
 
 def main(argv: list[str] | None = None) -> None:
