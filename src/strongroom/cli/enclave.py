@@ -12,7 +12,7 @@ import click
 from strongroom.cli._common import AppContext, emit, emit_table, err, out, pass_app
 from strongroom.enclave import EnclaveSpec, EnclaveStatus, runtime_for
 from strongroom.enclave.base import DEFAULT_NAME
-from strongroom.errors import UsageError
+from strongroom.errors import NotFoundError, UsageError
 from strongroom.image.eif import EifReader
 from strongroom.transport import proxy
 from strongroom.transport.forward import KMS_LOCAL_PORT
@@ -215,12 +215,25 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
 
     \b
     Examples:
+      strongroom enclave stop            # the only enclave
       strongroom enclave stop vendor-a
       strongroom enclave stop --all
     """
-    if (name is None and not stop_all) or (name is not None and stop_all):
-        raise UsageError("name one enclave, or use --all", hint="see `strongroom enclave status`")
-    stopped = runtime_for(app.workspace()).stop(name)
+    if name is not None and stop_all:
+        raise UsageError("name one enclave, or use --all, not both")
+    runtime = runtime_for(app.workspace())
+    if name is None and not stop_all:
+        # like `run` and `push`: with a single enclave, there is nothing to choose
+        known = [s.name for s in runtime.status()]
+        if len(known) > 1:
+            raise UsageError(
+                f"several enclaves exist ({', '.join(known)})",
+                hint="name one, or use --all",
+            )
+        name = known[0] if known else None
+        if name is None:
+            raise NotFoundError("no enclave to stop", hint="see `strongroom enclave status`")
+    stopped = runtime.stop(name)
 
     def render() -> None:
         if not stopped:

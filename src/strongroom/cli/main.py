@@ -103,6 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as e:  # a bug: still one line, with the way to learn more
+        if verbose:
+            traceback.print_exc()
+        err.print(
+            f"[bold red]error:[/] internal error: {escape(type(e).__name__)}: {escape(str(e))}"
+        )
+        err.print("  hint: this is a bug in Strongroom; rerun with --verbose for the traceback")
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
