@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from strongroom._internal import services
+from strongroom.attestation.service import RecipientAttestation
 from strongroom.errors import (
     ServiceNotRunningError,
     UnavailableError,
@@ -26,7 +27,7 @@ from strongroom.errors import (
 )
 from strongroom.keys.audit import AuditLog
 from strongroom.keys.aws import KmsKeyService
-from strongroom.keys.local import Caller
+from strongroom.keys.local import Caller, RecipientVerifier
 from strongroom.keys.server import KmsApplication
 from strongroom.keys.store import KeyStore
 from strongroom.workspace import Workspace
@@ -75,7 +76,7 @@ def _bind(listen: str) -> tuple[socket.socket, str]:
     return sock, endpoint
 
 
-def recipient_verifier(ws: Workspace) -> Callable[[bytes], object]:
+def recipient_verifier(ws: Workspace) -> RecipientVerifier:
     """Verify Recipient documents against the workspace's trust anchors."""
     from strongroom.attestation.authority import LocalAuthority
     from strongroom.attestation.roots import aws_root
@@ -85,7 +86,7 @@ def recipient_verifier(ws: Workspace) -> Callable[[bytes], object]:
     if "aws" in ws.config.trust:
         anchors.append(aws_root())
 
-    def verify(document: bytes) -> object:
+    def verify(document: bytes) -> RecipientAttestation:
         return verify_recipient(
             document, anchors=anchors, now=datetime.now(UTC), max_age=RECIPIENT_MAX_AGE
         )
@@ -106,7 +107,7 @@ def build_app(ws: Workspace) -> KmsApplication:
         callers,
         AuditLog(ws.audit_log),
         region=ws.config.region,
-        verify_recipient=recipient_verifier(ws),  # type: ignore[arg-type]
+        verify_recipient=recipient_verifier(ws),
     )
 
 
