@@ -54,7 +54,6 @@ from strongroom.errors import (
     UnavailableError,
     UsageError,
 )
-from strongroom.keys.aws import KmsKeyService
 from strongroom.keys.base import KeyService
 from strongroom.server import runs
 from strongroom.server.files import READ_CHUNK, SharedFolder, split_path
@@ -344,6 +343,10 @@ class RunApi:
         endpoint = self.key_service_endpoint or ref.endpoint_url
 
         def key_service() -> KeyService:
+            # imported per run: boto3 costs ~15 MiB, which the enclave's memory
+            # limit should leave to the apps while no run needs it
+            from strongroom.keys.aws import KmsKeyService
+
             return KmsKeyService.connect(
                 region=ref.region,
                 endpoint_url=endpoint,

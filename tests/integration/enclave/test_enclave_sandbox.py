@@ -220,7 +220,7 @@ def test_production_enclave(ws: Workspace, image: BuildResult) -> None:
         body = {"nonce": nonce.hex(), "user_data": user_data.hex()}
         document = base64.b64decode(api.post("/v1/attestation", json=body).json()["document"])
         bad = api.post("/v1/attestation", json={"nonce": "zz", "pcrs": {}})
-        assert bad.status_code == 400 and "unknown field" in bad.json()["error"]
+        assert bad.status_code == 400 and "unknown field" in bad.json()["message"]
         # The exec probe exists only in debug enclaves.
         assert api.post("/v1/debug/exec", json={"argv": ["true"]}).status_code == 404
     root = LocalAuthority.open_or_create(ws.ca_dir).root_certificate()
