@@ -19,7 +19,9 @@ to the attestation, and the key may have been visible on the way in.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -79,10 +81,37 @@ def generate_data_key_with_attestation(
     )
 
 
-def _ephemeral_recipient(attestor: Attestor) -> tuple[rsa.RSAPrivateKey, Recipient]:
-    private_key = rsa.generate_private_key(
+def _generate_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(
         public_exponent=RSA_PUBLIC_EXPONENT, key_size=RECIPIENT_KEY_SIZE
     )
+
+
+class _SpareKeys:
+    """Single-use RSA keys, each generated in the background before it is needed.
+
+    An RSA-2048 key costs ~40 ms, the largest part of a key release; making the
+    next one while the enclave is idle takes it off every run's critical path.
+    Every key is still used for exactly one release.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsa-keygen")
+        self._next: Future[rsa.RSAPrivateKey] | None = None
+
+    def take(self) -> rsa.RSAPrivateKey:
+        with self._lock:
+            current = self._next or self._executor.submit(_generate_key)
+            self._next = self._executor.submit(_generate_key)
+        return current.result()
+
+
+_spare_keys = _SpareKeys()
+
+
+def _ephemeral_recipient(attestor: Attestor) -> tuple[rsa.RSAPrivateKey, Recipient]:
+    private_key = _spare_keys.take()
     public_key = private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -28,11 +28,8 @@ Images are reproducible: the same inputs in the same environment give a
 bit-identical file, hence the same PCRs.
 """
 
-from strongroom.image.build import (
-    RUNTIME_DISTRIBUTIONS,
-    BuildResult,
-    build_image,
-)
+from typing import TYPE_CHECKING, Any
+
 from strongroom.image.describe import describe_image
 from strongroom.image.eif import (
     Arch,
@@ -47,6 +44,22 @@ from strongroom.image.errors import ImageBuildError, ImageFormatError, Incompati
 from strongroom.image.extract import extract_image, read_runtime_descriptor
 from strongroom.image.measure import HASH_ALGORITHM, Measurements, measure_image
 from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor, host_abi
+
+if TYPE_CHECKING:
+    from strongroom.image.build import RUNTIME_DISTRIBUTIONS, BuildResult, build_image
+
+#: Building pulls in packaging and importlib.metadata (~150 ms); commands that
+#: only read or run images should not pay for it, so it is imported on use.
+_LAZY = {"RUNTIME_DISTRIBUTIONS", "BuildResult", "build_image"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from strongroom.image import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module 'strongroom.image' has no attribute {name!r}")
+
 
 __all__ = [
     "ENTRYPOINT",

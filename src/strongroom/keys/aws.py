@@ -8,9 +8,10 @@ Strongroom errors, with hints that say what to do.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import botocore.config
@@ -38,8 +39,6 @@ from strongroom.keys.base import (
     RandomBytes,
     Recipient,
 )
-
-T = TypeVar("T")
 
 _CLIENT_ERRORS: dict[str, type[StrongroomError]] = {
     "AccessDeniedException": AccessDeniedError,
@@ -81,8 +80,7 @@ class KmsKeyService:
             connect_timeout=5,
             read_timeout=60,
         )
-        client = boto3.session.Session().client(
-            "kms",
+        client = _client(
             region_name=region,
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
@@ -266,6 +264,24 @@ class KmsKeyService:
 
     def cancel_key_deletion(self, key_id: str) -> None:
         self._call("cancel_key_deletion", KeyId=key_id)
+
+
+_session_lock = threading.Lock()
+_shared_session: boto3.session.Session | None = None
+
+
+def _client(**kwargs: Any) -> Any:
+    """A KMS client from one per-process boto3 session.
+
+    Making a session loads botocore's models (~50 ms), too slow for every run;
+    sessions are not thread-safe, so clients are made under a lock. Each
+    client still carries its own credentials and endpoint.
+    """
+    global _shared_session
+    with _session_lock:
+        if _shared_session is None:
+            _shared_session = boto3.session.Session()
+        return _shared_session.client("kms", **kwargs)
 
 
 def _paginate(fetch: Callable[[str | None], dict[str, Any]], field: str) -> list[Any]:
