@@ -178,6 +178,11 @@ def pull_command(
                     else local
                 )
                 plan.append((entry.path, target, entry.size))
+            else:
+                raise InvalidInputError(
+                    f"{entry.path} is a {entry.type}: pull copies files and directories only",
+                    hint="symlinks in the shared folder are listed but never followed",
+                )
         total = sum(size for _, _, size in plan)
         started = time.monotonic()
         done = []

@@ -85,7 +85,8 @@ async def serve(
             servers.append(await serve_forward(TcpAddress("127.0.0.1", port), egress, destination))
     shared = SharedFolder(Path(shared_dir))
     shared.root.joinpath(BANNER_FILE).write_text(BANNER_TEXT)
-    kms_forwarded = any(parse_forward(spec)[0] == KMS_LOCAL_PORT for spec in forwards)
+    kms_destinations = [d for p, d in map(parse_forward, forwards) if p == KMS_LOCAL_PORT]
+    kms_forwarded = bool(kms_destinations)
     config = ServerConfig(
         attestor,
         identity,
@@ -95,6 +96,7 @@ async def serve(
         apps_root=Path(apps_dir),
         app_python_path=(APP_PACKAGES,),
         key_service_endpoint=f"http://127.0.0.1:{KMS_LOCAL_PORT}" if kms_forwarded else None,
+        key_service_destination=kms_destinations[0] if kms_destinations else None,
     )
     app = create_app(config)
     server_config = uvicorn.Config(

@@ -47,7 +47,7 @@ import strongroom
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.document import MAX_USER_FIELD_SIZE, AttestationDocument
 from strongroom.attestation.verify import is_debug
-from strongroom.errors import StrongroomError
+from strongroom.errors import StrongroomError, UnavailableError
 from strongroom.keys.base import KeyService
 from strongroom.server.api import FilesApi, RunApi
 from strongroom.server.files import SharedFolder
@@ -111,7 +111,18 @@ class ServerConfig:
     app_python_path: tuple[str, ...] = ()
     #: The key service as the enclave reaches it (an in-enclave forwarder), if fixed.
     key_service_endpoint: str | None = None
+    #: Where that forwarder leads through the egress path (host, port), to diagnose it.
+    key_service_destination: tuple[str, int] | None = None
 
+
+#: What to do when the egress path answers a tunnel to the key service with this status.
+_KEY_SERVICE_DOWN = "start the key service on the host (`strongroom keys serve --detach`)"
+_EGRESS_HINTS = {
+    503: "start the egress proxy on the host: `strongroom proxy start`",
+    403: "allow the key service: `strongroom proxy stop; strongroom proxy start --allow kms`",
+    502: _KEY_SERVICE_DOWN,
+    504: _KEY_SERVICE_DOWN,
+}
 
 _ERROR_NAMES = {400: "InvalidInputError", 404: "NotFoundError", 503: "UnavailableError"}
 
@@ -247,6 +258,21 @@ def create_app(config: ServerConfig) -> Starlette:
     ]
     routes += FilesApi(config.shared).routes()
 
+    async def key_service_egress_problem() -> StrongroomError | None:
+        """Why the key service is out of reach through the egress path, or None."""
+        if config.egress is None or config.key_service_destination is None:
+            return None
+        host, port = config.key_service_destination
+        try:
+            _, writer = await open_tunnel(config.egress, host, port)
+        except TunnelRefusedError as e:
+            message = f"the enclave cannot reach the key service: {e.message}"
+            return UnavailableError(message, hint=_EGRESS_HINTS.get(e.status))
+        except StrongroomError as e:
+            return UnavailableError(f"the enclave cannot reach the key service: {e.message}")
+        await close(writer)
+        return None
+
     def run_environment(key_service: Callable[[], KeyService]) -> RunEnvironment:
         return RunEnvironment(
             shared=config.shared,
@@ -256,6 +282,7 @@ def create_app(config: ServerConfig) -> Starlette:
             attestor=config.attestor,
             key_service=key_service,
             measurement=config.identity.pcrs.get(0, b"").hex(),
+            egress_problem=key_service_egress_problem,
         )
 
     routes += RunApi(config.shared, run_environment, config.key_service_endpoint).routes()

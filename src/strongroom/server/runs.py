@@ -28,15 +28,16 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.release import decrypt_with_attestation
-from strongroom.errors import AccessDeniedError, StrongroomError, UsageError
+from strongroom.errors import AccessDeniedError, StrongroomError, UnavailableError, UsageError
 from strongroom.keys.base import KeyService
 from strongroom.sealing import open_package, read_header
 from strongroom.server.files import SharedFolder, split_path
@@ -69,6 +70,9 @@ class RunEnvironment:
     key_service: Callable[[], KeyService]  # made per run, with the run's credentials
     #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
     measurement: str = ""
+    #: Says which hop of the egress path to the key service fails (None: none does), so
+    #: an unreachable key service is reported as "proxy not running", "key service down"...
+    egress_problem: Callable[[], Awaitable[StrongroomError | None]] | None = None
 
 
 def map_argument(arg: str, shared: SharedFolder) -> str:
@@ -104,16 +108,24 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
     """Run ``spec``; yield ``status``, ``stdout``/``stderr`` and finally ``exit`` events."""
     app_dir = envr.apps_root / uuid.uuid4().hex
     process: asyncio.subprocess.Process | None = None
+    #: Set once the run is over: an extraction still going on then wipes what it wrote.
+    abandoned = threading.Event()
     try:
         split_path(spec.package)
         for name, _ in spec.env:
             if name.upper() in RESERVED_ENV or not name.isidentifier():
                 raise UsageError(f"the app's environment may not set {name!r}")
         yield _event("status", message="releasing the data key to this enclave")
-        data_key = await asyncio.to_thread(_release_key, spec, envr)
+        try:
+            data_key = await asyncio.to_thread(_release_key, spec, envr)
+        except UnavailableError:
+            problem = None if envr.egress_problem is None else await envr.egress_problem()
+            if problem is None:
+                raise
+            raise problem from None
         yield _event("status", message="decrypting the app into enclave memory")
         app_dir.mkdir(mode=0o700, parents=True)
-        await asyncio.to_thread(_open_into, spec, envr, data_key, app_dir)
+        await asyncio.to_thread(_open_into, spec, envr, data_key, app_dir, abandoned)
         del data_key
         entry = _entry_path(app_dir, spec.entry)
         # -S -s: the app sees the standard library and the image's packages (PYTHONPATH),
@@ -174,17 +186,23 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
         )
     finally:
-        if process is not None and process.returncode is None:
-            _kill(process)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait(), 5)
+        running = process if process is not None and process.returncode is None else None
+        if running is not None:
+            _kill(running)
+        # Wipe before any await: when the client went away this generator is being
+        # cancelled, and the cancellation is re-raised at every await of this block.
+        abandoned.set()
         shutil.rmtree(app_dir, ignore_errors=True)
+        if running is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(running.wait(), 5)
+            shutil.rmtree(app_dir, ignore_errors=True)  # anything the dying app still wrote
 
 
 def _release_key(spec: RunSpec, envr: RunEnvironment) -> bytes:
     fd = envr.shared.open_read(spec.package)
     with os.fdopen(fd, "rb") as stream:
-        header = read_header(stream)
+        header = read_header(stream, name=spec.package)
     try:
         return decrypt_with_attestation(
             envr.key_service(),
@@ -203,10 +221,18 @@ def _release_key(spec: RunSpec, envr: RunEnvironment) -> bytes:
         ) from e
 
 
-def _open_into(spec: RunSpec, envr: RunEnvironment, data_key: bytes, app_dir: Path) -> None:
+def _open_into(
+    spec: RunSpec, envr: RunEnvironment, data_key: bytes, app_dir: Path, abandoned: threading.Event
+) -> None:
     fd = envr.shared.open_read(spec.package)
-    with os.fdopen(fd, "rb") as stream:
-        open_package(stream, data_key, app_dir)
+    try:
+        with os.fdopen(fd, "rb") as stream:
+            open_package(stream, data_key, app_dir)
+    finally:
+        # The run ended while we were extracting (the client went away and the run was
+        # cancelled): its wipe raced with our writes, so wipe again now that they are done.
+        if abandoned.is_set():
+            shutil.rmtree(app_dir, ignore_errors=True)
 
 
 async def _pump(
