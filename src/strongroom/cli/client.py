@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -28,6 +30,9 @@ from strongroom.workspace import Workspace
 
 #: Where `run` puts a local sealed package (the runbook's ~/synced/encrypted).
 ENCRYPTED_DIR = "/encrypted"
+#: Concurrent transfers in push and pull.
+TRANSFER_WORKERS = 8
+T = TypeVar("T")
 
 enclave_option = click.option(
     "--enclave", "enclave_name", metavar="NAME", help="Which enclave, when several run."
@@ -104,25 +109,35 @@ def push_command(
                     single_target = False
         total = sum(p.stat().st_size for p, _ in files)
         started = time.monotonic()
-        done: list[dict[str, Any]] = []
-        made: set[str] = set()
+        targets = [
+            (local, remote if single_target else str(PurePosixPath(remote) / rel))
+            for local, rel in files
+        ]
+        for parent in sorted({str(PurePosixPath(t).parent) for _, t in targets} - {"/"}):
+            enclave.mkdir(parent, parents=True)
         with byte_progress("push", total, enabled=not app.json) as advance:
-            for local, rel in files:
-                target = remote if single_target else str(PurePosixPath(remote) / rel)
-                parent = str(PurePosixPath(target).parent)
-                if parent not in made and parent != "/":
-                    enclave.mkdir(parent, parents=True)
-                    made.add(parent)
+
+            def push_one(item: tuple[Path, str]) -> dict[str, Any]:
+                local, target = item
                 digest = enclave.upload(local, target, progress=advance)
-                done.append(
-                    {
-                        "local": str(local),
-                        "remote": target,
-                        "sha256": digest,
-                        "size": local.stat().st_size,
-                    }
-                )
+                return {
+                    "local": str(local),
+                    "remote": target,
+                    "sha256": digest,
+                    "size": local.stat().st_size,
+                }
+
+            done = _in_parallel(push_one, targets)
     _summary(app, "pushed", done, total, time.monotonic() - started)
+
+
+def _in_parallel(work: Callable[[T], dict[str, Any]], items: list[T]) -> list[dict[str, Any]]:
+    """Transfer files concurrently: each request costs ~1 ms of round trip, so many
+    small files go several times faster over a few connections at once."""
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=TRANSFER_WORKERS) as pool:
+        return list(pool.map(work, items))
 
 
 def _summary(
@@ -185,13 +200,14 @@ def pull_command(
                 )
         total = sum(size for _, _, size in plan)
         started = time.monotonic()
-        done = []
         with byte_progress("pull", total, enabled=not app.json) as advance:
-            for remote_path, target, size in plan:
+
+            def pull_one(item: tuple[str, Path, int]) -> dict[str, Any]:
+                remote_path, target, size = item
                 digest = enclave.download(remote_path, target, progress=advance)
-                done.append(
-                    {"remote": remote_path, "local": str(target), "sha256": digest, "size": size}
-                )
+                return {"remote": remote_path, "local": str(target), "sha256": digest, "size": size}
+
+            done = _in_parallel(pull_one, plan)
     _summary(app, "pulled", done, total, time.monotonic() - started)
 
 

@@ -34,7 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
@@ -59,6 +61,12 @@ from strongroom.server import runs
 from strongroom.server.files import READ_CHUNK, SharedFolder, split_path
 
 MAX_JSON_BODY = 64 * 1024
+#: Uploads are written in batches of at least this many bytes...
+WRITE_BATCH = 1024 * 1024
+#: ...with at most this many batches queued for the writer thread.
+WRITE_QUEUE = 8
+#: Files up to this size are read whole and answered with their SHA-256.
+SMALL_FILE = 1024 * 1024
 MAX_ARGS = 256
 MAX_ARG_BYTES = 8192
 
@@ -200,8 +208,15 @@ class FilesApi:
         offset = _query_int(request, "offset", 0) or 0
         length = _query_int(request, "length")
         size = self.shared.stat(path).size
+        sending = max(0, size - offset) if length is None else max(0, min(length, size - offset))
+        if sending <= SMALL_FILE:
+            # small files: one response carries the bytes and their hash, so a pull
+            # costs one request per file instead of two
+            data = b"".join(self.shared.read(path, offset, length))
+            headers = {"x-file-size": str(size), "x-sha256": hashlib.sha256(data).hexdigest()}
+            return Response(data, media_type="application/octet-stream", headers=headers)
         chunks = self.shared.read(path, offset, length)
-        headers = {"x-file-size": str(size)}
+        headers = {"x-file-size": str(size), "content-length": str(sending)}
         return StreamingResponse(
             _iterate_in_thread(chunks), media_type="application/octet-stream", headers=headers
         )
@@ -223,25 +238,25 @@ class FilesApi:
         fd = self.shared.open_write(
             target, create=create or whole, truncate=truncate, exclusive=whole
         )
-        digest = hashlib.sha256()
-        written = 0
+        writer = _FileWriter(fd, offset)
         try:
+            pending = bytearray()
             async for chunk in request.stream():
-                if chunk:
-                    await run_in_threadpool(_pwrite_all, fd, chunk, offset + written)
-                    digest.update(chunk)
-                    written += len(chunk)
+                pending += chunk
+                if len(pending) >= WRITE_BATCH:
+                    await writer.put(bytes(pending))
+                    pending.clear()
+            if pending:
+                await writer.put(bytes(pending))
+            written, digest = await writer.finish()
         except BaseException:
-            os.close(fd)
+            await writer.abort()
             if whole:
                 self.shared.remove(target)
             raise
-        os.close(fd)
         if whole:
             self.shared.rename(target, path)
-        return JSONResponse(
-            {"path": "/" + "/".join(parts), "size": written, "sha256": digest.hexdigest()}
-        )
+        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
 
     async def checksum(self, request: Request) -> Response:
         path = _path(request)
@@ -304,6 +319,68 @@ class FilesApi:
             Route("/v1/files/chmod", g(self.chmod), methods=["POST"]),
             Route("/v1/files/statfs", g(self.statfs), methods=["GET"]),
         ]
+
+
+class _FileWriter:
+    """Hashes and writes an upload in its own thread while the event loop keeps reading.
+
+    Writing each chunk through the thread pool made the loop stop reading the
+    socket at every chunk, so client and server took turns; with a queue the
+    two overlap. The queue is bounded, so a slow disk slows the upload down
+    instead of filling memory. The writer owns ``fd`` and closes it.
+    """
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._written = 0
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (data := self._queue.get()) is not None:
+                if self._error is None:
+                    self._digest.update(data)
+                    _pwrite_all(self._fd, data, self._offset + self._written)
+                    self._written += len(data)
+        except BaseException as e:  # reported by finish()
+            self._error = e
+            while self._queue.get() is not None:  # drain, so put() never blocks forever
+                pass
+        finally:
+            os.close(self._fd)
+
+    async def put(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            await run_in_threadpool(self._queue.put, data)
+
+    async def finish(self) -> tuple[int, str]:
+        await self.put_end()
+        if self._error is not None:
+            if isinstance(self._error, OSError):
+                raise InvalidInputError(f"write failed: {self._error.strerror}") from self._error
+            raise self._error
+        return self._written, self._digest.hexdigest()
+
+    async def put_end(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            await run_in_threadpool(self._queue.put, None)
+        await run_in_threadpool(self._thread.join)
+
+    async def abort(self) -> None:
+        if self._thread.is_alive():
+            self._error = self._error or InvalidInputError("upload aborted")
+            await self.put_end()
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
