@@ -28,9 +28,9 @@ Images are reproducible: the same inputs in the same environment give a
 bit-identical file, hence the same PCRs.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from strongroom.image.describe import describe_image
 from strongroom.image.eif import (
     Arch,
     EifHeader,
@@ -41,24 +41,32 @@ from strongroom.image.eif import (
     write_eif,
 )
 from strongroom.image.errors import ImageBuildError, ImageFormatError, IncompatibleImageError
-from strongroom.image.extract import extract_image, read_runtime_descriptor
 from strongroom.image.measure import HASH_ALGORITHM, Measurements, measure_image
 from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor, host_abi
 
 if TYPE_CHECKING:
     from strongroom.image.build import RUNTIME_DISTRIBUTIONS, BuildResult, build_image
+    from strongroom.image.describe import describe_image
+    from strongroom.image.extract import extract_image, read_runtime_descriptor
 
-#: Building pulls in packaging and importlib.metadata (~150 ms); commands that
-#: only read or run images should not pay for it, so it is imported on use.
-_LAZY = {"RUNTIME_DISTRIBUTIONS", "BuildResult", "build_image"}
+#: Building pulls in packaging and importlib.metadata (~150 ms), describing and
+#: extracting the x509 and tar machinery; commands that only look up or talk to
+#: enclaves should not pay for them, so these are imported on first use.
+_LAZY = {
+    "RUNTIME_DISTRIBUTIONS": "build",
+    "BuildResult": "build",
+    "build_image": "build",
+    "describe_image": "describe",
+    "extract_image": "extract",
+    "read_runtime_descriptor": "extract",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from strongroom.image import build
-
-        return getattr(build, name)
-    raise AttributeError(f"module 'strongroom.image' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'strongroom.image' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"strongroom.image.{module}"), name)
 
 
 __all__ = [
