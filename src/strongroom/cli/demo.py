@@ -29,6 +29,20 @@ from strongroom.errors import StrongroomError
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
+#: The host operator's run of the sealed classifier (runbook 4.5).
+RUN_CLASSIFIER = (
+    "run",
+    "classifier.sealed",
+    "--entry",
+    "main.py",
+    "--",
+    "--input",
+    "/dataset/digits.csv",
+    "--output",
+    "/output/",
+)
+
+
 class DemoError(StrongroomError):
     pass
 
@@ -163,18 +177,7 @@ def _run(demo: Demo) -> None:
     demo.step("Push the host's dataset into the enclave's shared folder")
     demo.cli("push", str(dataset), "/dataset/")
     demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
-    demo.cli(
-        "run",
-        "classifier.sealed",
-        "--entry",
-        "main.py",
-        "--",
-        "--input",
-        "/dataset/digits.csv",
-        "--output",
-        "/output/",
-        live=True,
-    )
+    demo.cli(*RUN_CLASSIFIER, live=True)
     demo.step("Pull the results out")
     demo.cli("pull", "/output", "results")
     metrics = _json((demo.workdir / "results" / "output" / "metrics.json").read_text())
@@ -188,18 +191,7 @@ def _run(demo: Demo) -> None:
     demo.step("The vendor revokes the image's measurement")
     demo.cli("image", "revoke", "classifier.eif", "--key", "alias/classifier")
     demo.step("The next run is denied by the key service")
-    demo.cli(
-        "run",
-        "classifier.sealed",
-        "--entry",
-        "main.py",
-        "--",
-        "--input",
-        "/dataset/digits.csv",
-        "--output",
-        "/output/",
-        expect=5,
-    )
+    demo.cli(*RUN_CLASSIFIER, expect=5)
     demo.step("Read the key service's audit log")
     events = _json(demo.cli("--json", "keys", "audit", show=False))
     for event in events:

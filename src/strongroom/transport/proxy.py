@@ -73,6 +73,7 @@ from strongroom.errors import (
 from strongroom.transport.base import Address, UnixAddress, bind
 from strongroom.transport.connect import (
     ENCLAVE_HEADER,
+    ConnectRequest,
     HeadError,
     check_host,
     format_connect,
@@ -218,6 +219,21 @@ def parse_allow(spec: str, *, named: Mapping[str, AllowRule]) -> AllowRule:
 # --- the proxy ---------------------------------------------------------------------
 
 
+async def _read_connect(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> ConnectRequest | None:
+    """The CONNECT request on a new connection; None (after answering and closing) if bad."""
+    try:
+        async with asyncio.timeout(HEAD_TIMEOUT_S):
+            return parse_connect(await read_head(reader))
+    except (HeadError, TimeoutError, OSError) as e:
+        status = e.status if isinstance(e, HeadError) else 400
+        with contextlib.suppress(OSError):
+            writer.write(format_response(status, str(e)))
+        await close(writer)
+        return None
+
+
 class EgressProxy:
     """Answers CONNECT heads: 403 unless allowlisted, else a tunnel to the destination."""
 
@@ -237,14 +253,8 @@ class EgressProxy:
         self._log.flush()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(HEAD_TIMEOUT_S):
-                request = parse_connect(await read_head(reader))
-        except (HeadError, TimeoutError, OSError) as e:
-            status = e.status if isinstance(e, HeadError) else 400
-            with contextlib.suppress(OSError):
-                writer.write(format_response(status, str(e)))
-            await close(writer)
+        request = await _read_connect(reader, writer)
+        if request is None:
             return
         enclave = request.headers.get(ENCLAVE_HEADER.lower(), "-")
         destination = request.destination
@@ -279,14 +289,8 @@ async def serve_relay(listener: socket.socket, proxy: Address, enclave: str) -> 
     """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(HEAD_TIMEOUT_S):
-                request = parse_connect(await read_head(reader))
-        except (HeadError, TimeoutError, OSError) as e:
-            status = e.status if isinstance(e, HeadError) else 400
-            with contextlib.suppress(OSError):
-                writer.write(format_response(status, str(e)))
-            await close(writer)
+        request = await _read_connect(reader, writer)
+        if request is None:
             return
         try:
             upstream = await open_stream(proxy)
