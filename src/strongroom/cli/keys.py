@@ -44,7 +44,6 @@ def init_command(app: AppContext, force: bool, region: str) -> None:
     """
     root = Workspace.resolve_root(app.home)
     if Workspace.exists_at(root) and not force:
-        ws = Workspace.locate(root)
         emit(
             app,
             {"home": str(root), "created": False},
