@@ -384,6 +384,33 @@ def test_unknown_or_tampered_packages_fail_cleanly_and_the_server_keeps_serving(
     assert "hello from the enclave" in env.cli(*run_args(env, PROD, "hello.py")).stdout
 
 
+def test_a_legacy_sample_package_runs(env: Env) -> None:
+    """Packages made by the AWS sample (length-prefixed KMS blob, then Fernet(zip)) still run."""
+    import base64
+    import io
+    import struct
+    import zipfile
+
+    from cryptography.fernet import Fernet
+
+    from strongroom.keys import service as keyservice
+    from strongroom.workspace import Workspace
+
+    kms = keyservice.connect(Workspace.locate(env.stack.home))  # the vendor
+    data_key = kms.generate_data_key("alias/apps")
+    assert data_key.plaintext is not None
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("main.py", "print('hello from a legacy package')\n")
+    token = Fernet(base64.urlsafe_b64encode(data_key.plaintext)).encrypt(buffer.getvalue())
+    blob = data_key.ciphertext_blob
+    legacy = env.work / "legacy.enc"
+    legacy.write_bytes(struct.pack(">I", len(blob)) + blob + token)
+    assert "legacy" in env.cli("inspect", str(legacy)).stdout
+    result = env.cli("run", "--enclave", PROD, str(legacy), "--entry", "main.py")
+    assert "hello from a legacy package" in result.stdout
+
+
 # --- 8. hostile archives -----------------------------------------------------------------
 
 #: name → (the archive's entries, the entry the error must name)
