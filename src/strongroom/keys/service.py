@@ -9,8 +9,6 @@ the local target, boto3 against AWS KMS on the aws target.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from strongroom._internal import services
 from strongroom.attestation.service import RecipientAttestation
 from strongroom.errors import (
     ServiceNotRunningError,
+    StrongroomError,
     UnavailableError,
     UsageError,
 )
@@ -30,6 +29,7 @@ from strongroom.keys.aws import KmsKeyService
 from strongroom.keys.local import Caller, RecipientVerifier
 from strongroom.keys.server import KmsApplication
 from strongroom.keys.store import KeyStore
+from strongroom.transport import base as transport
 from strongroom.workspace import Workspace
 
 KIND = "keys"
@@ -37,43 +37,25 @@ NAME = "keyservice"
 START_TIMEOUT_S = 20.0
 #: KMS rejects Recipient attestation documents older than this.
 RECIPIENT_MAX_AGE = timedelta(minutes=5)
+LISTEN_BACKLOG = 512
 NOT_RUNNING_HINT = "start it with `strongroom keys serve --detach` (or `strongroom keys serve &`)"
 
 
-def parse_listen(listen: str) -> tuple[str, int] | str:
-    """``HOST:PORT`` → (host, port); ``unix:PATH`` → PATH."""
-    if listen.startswith("unix:"):
-        return listen[len("unix:") :]
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"invalid listen address {listen!r}", hint="use HOST:PORT or unix:PATH")
-    return host, int(port)
-
-
 def _bind(listen: str) -> tuple[socket.socket, str]:
-    target = parse_listen(listen)
+    """Listen on ``HOST:PORT`` or ``unix:PATH``; return the socket and the client endpoint."""
+    address = transport.parse_address(listen)
+    if isinstance(address, transport.VsockAddress):
+        raise UsageError("the key service listens on HOST:PORT or unix:PATH, not vsock")
     try:
-        if isinstance(target, str):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(target)
-            os.chmod(target, 0o600)
-            endpoint = f"unix:{target}"
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(target)
-            host, port = sock.getsockname()[:2]
-            endpoint = f"http://{host}:{port}"
-    except OSError as e:
+        sock = transport.bind(address, backlog=LISTEN_BACKLOG)
+    except UnavailableError as e:
         raise UsageError(
-            f"cannot listen on {listen}: {e.strerror}",
-            hint="is another key service running? check `strongroom keys status`",
+            e.message, hint="is another key service running? check `strongroom keys status`"
         ) from e
-    sock.listen(512)
-    sock.set_inheritable(True)
-    return sock, endpoint
+    if isinstance(address, transport.UnixAddress):
+        return sock, f"unix:{address.path}"
+    host, port = sock.getsockname()[:2]
+    return sock, f"http://{host}:{port}"
 
 
 def recipient_verifier(ws: Workspace) -> RecipientVerifier:
@@ -193,15 +175,11 @@ def stop(ws: Workspace) -> bool:
 
 def _answers(endpoint: str) -> bool:
     try:
-        if endpoint.startswith("unix:"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(endpoint[len("unix:") :])
-        else:
-            host, port = endpoint.removeprefix("http://").rsplit(":", 1)
-            socket.create_connection((host, int(port)), timeout=1).close()
-        return True
-    except OSError:
+        address = transport.parse_address(endpoint.removeprefix("http://"))
+        transport.connect(address, timeout=1).close()
+    except StrongroomError:
         return False
+    return True
 
 
 def _require_local(ws: Workspace) -> None:
