@@ -58,7 +58,7 @@ from strongroom.errors import (
 )
 from strongroom.keys.base import KeyService
 from strongroom.server import runs
-from strongroom.server.files import READ_CHUNK, SharedFolder, split_path
+from strongroom.server.files import READ_CHUNK, SharedFolder, chunks, split_path
 
 MAX_JSON_BODY = 64 * 1024
 #: Uploads are written in batches of at least this many bytes...
@@ -193,11 +193,21 @@ def _path(request: Request) -> str:
 
 
 class FilesApi:
+    """The Files endpoints. Every filesystem call runs in a worker thread.
+
+    The event loop serves every connection of the enclave API (describe, runs,
+    other transfers): a call that waited on the loop -- a blocking ``open``, a
+    long read, a large listing -- would stall them all. :mod:`.files` never
+    waits on anything the app controls (a FIFO, a device); running it off the
+    loop keeps even a slow call from holding up the rest.
+    """
+
     def __init__(self, shared: SharedFolder) -> None:
         self.shared = shared
 
     async def stat(self, request: Request) -> Response:
-        return JSONResponse(self.shared.stat(_path(request)).to_json())
+        entry = await run_in_threadpool(self.shared.stat, _path(request))
+        return JSONResponse(entry.to_json())
 
     async def listdir(self, request: Request) -> Response:
         entries = await run_in_threadpool(self.shared.list, _path(request))
@@ -207,18 +217,19 @@ class FilesApi:
         path = _path(request)
         offset = _query_int(request, "offset", 0) or 0
         length = _query_int(request, "length")
-        size = self.shared.stat(path).size
+        fd, size = await run_in_threadpool(_open_sized, self.shared, path)
         sending = max(0, size - offset) if length is None else max(0, min(length, size - offset))
         if sending <= SMALL_FILE:
             # small files: one response carries the bytes and their hash, so a pull
             # costs one request per file instead of two
-            data = b"".join(self.shared.read(path, offset, length))
+            data = await run_in_threadpool(_read_all, fd, offset, sending)
             headers = {"x-file-size": str(size), "x-sha256": hashlib.sha256(data).hexdigest()}
             return Response(data, media_type="application/octet-stream", headers=headers)
-        chunks = self.shared.read(path, offset, length)
+        # exactly the announced length, even if the app grows the file meanwhile
+        body = chunks(fd, offset, sending)
         headers = {"x-file-size": str(size), "content-length": str(sending)}
         return StreamingResponse(
-            _iterate_in_thread(chunks), media_type="application/octet-stream", headers=headers
+            _iterate_in_thread(body), media_type="application/octet-stream", headers=headers
         )
 
     async def write(self, request: Request) -> Response:
@@ -235,8 +246,12 @@ class FilesApi:
         target = path
         if whole:
             target = "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
-        fd = self.shared.open_write(
-            target, create=create or whole, truncate=truncate, exclusive=whole
+        fd = await run_in_threadpool(
+            self.shared.open_write,
+            target,
+            create=create or whole,
+            truncate=truncate,
+            exclusive=whole,
         )
         writer = _FileWriter(fd, offset)
         try:
@@ -252,10 +267,10 @@ class FilesApi:
         except BaseException:
             await writer.abort()
             if whole:
-                self.shared.remove(target)
+                await run_in_threadpool(self.shared.remove, target)
             raise
         if whole:
-            self.shared.rename(target, path)
+            await run_in_threadpool(self.shared.rename, target, path)
         return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
 
     async def checksum(self, request: Request) -> Response:
@@ -271,7 +286,7 @@ class FilesApi:
 
     async def mkdir(self, request: Request) -> Response:
         body = await _json_body(request, MkdirBody)
-        self.shared.mkdir(body.path, parents=body.parents)
+        await run_in_threadpool(self.shared.mkdir, body.path, parents=body.parents)
         return JSONResponse({"ok": True})
 
     async def remove(self, request: Request) -> Response:
@@ -282,26 +297,26 @@ class FilesApi:
 
     async def rename(self, request: Request) -> Response:
         body = await _json_body(request, RenameBody)
-        self.shared.rename(body.source, body.destination)
+        await run_in_threadpool(self.shared.rename, body.source, body.destination)
         return JSONResponse({"ok": True})
 
     async def truncate(self, request: Request) -> Response:
         body = await _json_body(request, TruncateBody)
-        self.shared.truncate(body.path, body.size)
+        await run_in_threadpool(self.shared.truncate, body.path, body.size)
         return JSONResponse({"ok": True})
 
     async def times(self, request: Request) -> Response:
         body = await _json_body(request, TimesBody)
-        self.shared.set_times(body.path, body.atime, body.mtime)
+        await run_in_threadpool(self.shared.set_times, body.path, body.atime, body.mtime)
         return JSONResponse({"ok": True})
 
     async def chmod(self, request: Request) -> Response:
         body = await _json_body(request, ChmodBody)
-        self.shared.chmod(body.path, body.mode)
+        await run_in_threadpool(self.shared.chmod, body.path, body.mode)
         return JSONResponse({"ok": True})
 
     async def statfs(self, request: Request) -> Response:
-        return JSONResponse(self.shared.statfs())
+        return JSONResponse(await run_in_threadpool(self.shared.statfs))
 
     def routes(self) -> list[Route]:
         g = _guarded
@@ -381,6 +396,20 @@ class _FileWriter:
         if self._thread.is_alive():
             self._error = self._error or InvalidInputError("upload aborted")
             await self.put_end()
+
+
+def _open_sized(shared: SharedFolder, path: str) -> tuple[int, int]:
+    """A descriptor of a regular file and its size, from the same open (no stat race)."""
+    fd = shared.open_read(path)
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_all(fd: int, offset: int, length: int) -> bytes:
+    return b"".join(chunks(fd, offset, length))
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -9,14 +9,24 @@ listed but never followed, and never created by the API.
 
 This is what keeps the decrypted app (in a sibling private folder) out of the
 host's reach.
+
+An app may also plant things that are not files: a FIFO, a unix socket (and,
+where a kernel lets it, a device node). Opening a FIFO for reading blocks until
+a writer comes, which the app controls, so every open here is ``O_NONBLOCK``
+(plus ``O_NOCTTY``): the type is checked with ``lstat`` *before* the open and
+again with ``fstat`` on the descriptor (the app may swap the entry in between),
+anything but a regular file (or a directory, for walks) is refused with a
+one-line :class:`UsageError`, and ``O_NONBLOCK`` is cleared only on a regular
+file. No call here ever waits on something the app controls; the API still
+runs them off its event loop, because even a tmpfs read takes time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
-import shutil
 import stat
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -26,7 +36,11 @@ from strongroom.errors import AlreadyExistsError, InvalidInputError, NotFoundErr
 
 MAX_PATH = 4096
 READ_CHUNK = 1024 * 1024
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Added to every open: never wait (a FIFO with no writer), never follow a
+#: symlink, never acquire a controlling terminal, never leak into a child.
+_OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS
+_SPECIAL_HINT = "something inside the enclave made it; the Files API moves regular files only"
 
 
 class PathEscapeError(InvalidInputError):
@@ -73,6 +87,61 @@ def _kind(mode: int) -> str:
     return "other"
 
 
+def _special(mode: int) -> str | None:
+    """What a non-file, non-directory, non-symlink entry is (None for those three)."""
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return None
+
+
+def _refuse_special(path: str, kind: str) -> UsageError:
+    return UsageError(
+        f"{path} is a {kind}: only regular files are read or written", hint=_SPECIAL_HINT
+    )
+
+
+def _open_at(dir_fd: int, name: str, path: str, flags: int, *, directory_ok: bool = False) -> int:
+    """Open ``name`` in ``dir_fd`` without ever blocking; only a regular file (or a directory).
+
+    ``lstat`` first, so a FIFO or device is refused without being opened at
+    all; then ``fstat`` on the descriptor, because the app may have swapped the
+    entry in between (the ``O_NONBLOCK`` open of the swapped-in FIFO returns at
+    once, and is refused here).
+    """
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise NotFoundError(f"{path}: no such file or directory") from None
+    except OSError as e:
+        raise _translate(e, path) from e
+    else:
+        if (kind := _special(before.st_mode)) is not None:
+            raise _refuse_special(path, kind)
+    try:
+        fd = os.open(name, flags | _OPEN_FLAGS, 0o644, dir_fd=dir_fd)
+    except OSError as e:
+        raise _translate(e, path) from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if (kind := _special(mode)) is not None:
+            raise _refuse_special(path, kind)
+        if stat.S_ISDIR(mode) and not directory_ok:
+            raise UsageError(f"{path}: not a regular file")
+        if stat.S_ISREG(mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _translate(e: OSError, path: str) -> Exception:
     if e.errno == errno.ENOENT:
         return NotFoundError(f"{path}: no such file or directory")
@@ -86,6 +155,9 @@ def _translate(e: OSError, path: str) -> Exception:
         return UsageError(f"{path}: is a directory")
     if e.errno == errno.ENOSPC:
         return InvalidInputError(f"{path}: no space left in the enclave's shared folder")
+    if e.errno == errno.ENXIO:
+        # O_NONBLOCK write-open of a FIFO nobody reads, or any open of a socket
+        return _refuse_special(path, "FIFO, device or socket")
     return InvalidInputError(f"{path}: {e.strerror}")
 
 
@@ -157,7 +229,10 @@ class SharedFolder:
         with self._directory(path) as fd:
             entries = []
             for name in sorted(os.listdir(fd)):
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed by the app meanwhile
                 entries.append(
                     FileStat(
                         f"{base.rstrip('/')}/{name}",
@@ -179,25 +254,18 @@ class SharedFolder:
     def open_read(self, path: str) -> int:
         """An O_RDONLY descriptor of a regular file (the caller closes it)."""
         with self._parent(path) as (fd, name):
-            try:
-                file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise _translate(e, path) from e
-        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
-            os.close(file_fd)
-            raise UsageError(f"{path}: not a regular file")
-        return file_fd
+            return _open_at(fd, name, path, os.O_RDONLY)
 
     def read(
         self, path: str, offset: int = 0, length: int | None = None
     ) -> Generator[bytes, None, None]:
         """Chunks of a file. The file is opened (and checked) now, read lazily."""
-        return _chunks(self.open_read(path), offset, length)
+        return chunks(self.open_read(path), offset, length)
 
     def open_write(
         self, path: str, *, create: bool = True, truncate: bool = False, exclusive: bool = False
     ) -> int:
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_WRONLY
         if create:
             flags |= os.O_CREAT
         if truncate:
@@ -205,10 +273,7 @@ class SharedFolder:
         if exclusive:
             flags |= os.O_EXCL
         with self._parent(path) as (fd, name):
-            try:
-                return os.open(name, flags, 0o644, dir_fd=fd)
-            except OSError as e:
-                raise _translate(e, path) from e
+            return _open_at(fd, name, path, flags)
 
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         parts = split_path(path)
@@ -233,7 +298,7 @@ class SharedFolder:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
                     if recursive:
-                        shutil.rmtree(name, dir_fd=fd)
+                        _remove_tree(fd, name)
                     else:
                         os.rmdir(name, dir_fd=fd)
                 else:
@@ -263,13 +328,11 @@ class SharedFolder:
                 raise _translate(e, path) from e
 
     def chmod(self, path: str, mode: int) -> None:
+        """Change a regular file's or a directory's permission bits (never a FIFO's or device's)."""
         if mode & ~0o777:
             raise UsageError(f"mode {oct(mode)} may only carry permission bits")
         with self._parent(path) as (fd, name):
-            try:
-                target = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise _translate(e, path) from e
+            target = _open_at(fd, name, path, os.O_RDONLY, directory_ok=True)
         try:
             os.fchmod(target, mode)
         finally:
@@ -291,7 +354,32 @@ class SharedFolder:
         return self.root.joinpath(*split_path(path))
 
 
-def _chunks(fd: int, offset: int, length: int | None) -> Generator[bytes, None, None]:
+def _remove_tree(parent_fd: int, name: str) -> None:
+    """``rm -r`` of ``name`` in ``parent_fd``, descending only into real directories.
+
+    Not :func:`shutil.rmtree`: it opens what it believes to be a directory
+    without ``O_NONBLOCK``, so an app that swaps a directory for a FIFO at the
+    right moment would park the thread until the app writes to it.
+    """
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for child in os.listdir(fd):
+            try:
+                st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                _remove_tree(fd, child)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def chunks(fd: int, offset: int, length: int | None) -> Generator[bytes, None, None]:
+    """Read ``fd`` (which this closes) in :data:`READ_CHUNK` pieces from ``offset``."""
     try:
         remaining = length
         while remaining is None or remaining > 0:

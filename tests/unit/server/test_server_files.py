@@ -1,21 +1,31 @@
-"""The shared folder never lets a path out: `..`, absolute escapes, symlinks."""
+"""The shared folder never lets a path out (`..`, absolute escapes, symlinks), never blocks."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import fcntl
 import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from strongroom.errors import AlreadyExistsError, NotFoundError, UsageError
+from strongroom.server import files
 from strongroom.server.files import PathEscapeError, SharedFolder
 
 
 @pytest.fixture
-def shared(tmp_path: Path) -> SharedFolder:
+def shared(tmp_path: Path) -> Iterator[SharedFolder]:
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "app.py").write_text("print('the vendor secret')")
-    return SharedFolder(tmp_path / "shared")
+    yield SharedFolder(tmp_path / "shared")
+    while _SOCKETS:
+        _SOCKETS.pop().close()
 
 
 def test_round_trip_and_listing(shared: SharedFolder) -> None:
@@ -74,3 +84,129 @@ def test_host_path_maps_into_the_shared_folder(shared: SharedFolder) -> None:
     assert shared.host_path("/dataset/x.csv") == shared.root / "dataset" / "x.csv"
     with pytest.raises(PathEscapeError):
         shared.host_path("/dataset/../../etc/passwd")
+
+
+# --- things that are not files: FIFOs, sockets ------------------------------------------
+
+
+def _plant(shared: SharedFolder) -> dict[str, str]:
+    """A FIFO and a listening unix socket, as an app inside the enclave could make them."""
+    os.mkfifo(shared.root / "trap")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(shared.root / "sock"))
+    sock.listen()
+    _SOCKETS.append(sock)
+    return {"/trap": "FIFO", "/sock": "socket"}
+
+
+_SOCKETS: list[socket.socket] = []
+
+
+#: A call on a FIFO either fails at once or blocks forever: a second is plenty.
+PROMPT_S = 1.0
+
+
+def _outcome(call: Callable[[], object], fifo: Path) -> BaseException | None:
+    """Run ``call`` in a thread: its exception, or None if it returned; fail if it blocks.
+
+    A blocked call is waiting for a writer (or reader) on ``fifo``: open one, so
+    the thread ends and the test run with it.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(call)
+        try:
+            return future.exception(timeout=PROMPT_S)
+        except concurrent.futures.TimeoutError:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+            raise AssertionError(f"{call} blocked on {fifo}") from None
+
+
+def _refused(call: Callable[[], object], fifo: Path) -> UsageError:
+    error = _outcome(call, fifo)
+    assert isinstance(error, UsageError), error
+    return error
+
+
+def test_fifos_and_sockets_are_refused_without_blocking(shared: SharedFolder) -> None:
+    planted = _plant(shared)
+    fifo = shared.root / "trap"
+    for path, kind in planted.items():
+        calls: list[Callable[[], object]] = [
+            partial(shared.open_read, path),
+            partial(shared.read, path),
+            partial(shared.open_write, path),
+            partial(shared.open_write, path, truncate=True),
+            partial(shared.open_write, path, create=False),
+            partial(shared.truncate, path, 0),
+            partial(shared.chmod, path, 0o600),
+        ]
+        for call in calls:
+            error = _refused(call, fifo)
+            assert error.message == f"{path} is a {kind}: only regular files are read or written"
+        with pytest.raises(PathEscapeError):
+            shared.list(path)
+    # what still works on them: stat, listing, renaming, removing
+    kinds = {e.path: e.type for e in shared.list("/")}
+    assert kinds == {"/trap": "other", "/sock": "other"}
+    assert shared.stat("/trap").type == "other"
+    shared.rename("/trap", "/trap2")
+    shared.remove("/trap2")
+    shared.remove("/sock")
+    assert shared.list("/") == []
+    # and the legitimate use, next to them
+    fd = shared.open_write("/ok.txt", truncate=True)
+    os.write(fd, b"fine")
+    os.close(fd)
+    shared.chmod("/ok.txt", 0o600)
+    shared.mkdir("/d")
+    shared.chmod("/d", 0o700)
+    assert b"".join(shared.read("/ok.txt")) == b"fine"
+
+
+def test_a_fifo_swapped_in_after_the_type_check_is_refused_too(
+    shared: SharedFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app replaces a regular file by a FIFO between the lstat and the open."""
+    os.mkfifo(shared.root / "trap")
+    (shared.root / "file").write_text("x")
+    regular = os.stat(shared.root / "file")
+    real_stat = os.stat
+
+    def lying_stat(name: object, *args: object, **kwargs: object) -> os.stat_result:
+        if name == "trap":
+            return regular  # what lstat saw just before the swap
+        return real_stat(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "stat", lying_stat)
+    for call in (
+        lambda: shared.open_read("/trap"),
+        lambda: shared.open_write("/trap", create=False),
+        lambda: shared.chmod("/trap", 0o600),
+    ):
+        assert "is a FIFO" in _refused(call, shared.root / "trap").message
+    keep = shared.open_read("/file")
+    assert stat.S_ISREG(os.fstat(keep).st_mode)
+    os.close(keep)
+
+
+def test_a_regular_file_is_handed_out_blocking(shared: SharedFolder) -> None:
+    """O_NONBLOCK is only for the open: the descriptor of a regular file is an ordinary one."""
+    (shared.root / "f").write_text("x")
+    for fd in (shared.open_read("/f"), shared.open_write("/f")):
+        try:
+            assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        finally:
+            os.close(fd)
+
+
+def test_recursive_remove_does_not_open_what_is_not_a_directory(shared: SharedFolder) -> None:
+    shared.mkdir("/tree/sub/deeper", parents=True)
+    os.mkfifo(shared.root / "tree" / "sub" / "trap")
+    os.symlink("/", shared.root / "tree" / "sub" / "root-link")
+    (shared.root / "tree" / "sub" / "deeper" / "f").write_text("x")
+    removing = lambda: shared.remove("/tree", recursive=True)  # noqa: E731
+    assert _outcome(removing, shared.root / "tree" / "sub" / "trap") is None
+    assert shared.list("/") == []
+    assert Path("/").exists()
