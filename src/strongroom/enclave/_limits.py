@@ -1,4 +1,4 @@
-"""Memory and CPU limits of a local enclave, and how it is known that one was exceeded.
+"""Memory, CPU and process limits of a local enclave, and how it is known that one was exceeded.
 
 A Nitro enclave owns the memory and CPUs carved out for it; an application
 that outgrows them dies inside the enclave, never the parent instance. The
@@ -8,17 +8,25 @@ mechanism that works here:
 ``cgroup2``
     a cgroup ``strongroom/<id>`` under the unified hierarchy, when its memory
     controller is available: ``memory.max``, ``memory.swap.max = 0`` (so the
-    limit cannot be dodged by swapping), ``cpu.max``; OOM kills are counted in
-    ``memory.events``.
+    limit cannot be dodged by swapping), ``cpu.max``, ``pids.max``; OOM kills
+    are counted in ``memory.events``.
 ``cgroup1``
     the v1 memory hierarchy (``/sys/fs/cgroup/memory/strongroom/<id>``):
     ``memory.limit_in_bytes``, ``memory.memsw.limit_in_bytes`` and
     ``memory.swappiness = 0`` where available, plus a CFS quota in the v1 cpu
-    hierarchy if mounted; OOM kills are counted in ``memory.oom_control``.
+    hierarchy and ``pids.max`` in the v1 pids hierarchy if mounted; OOM kills
+    are counted in ``memory.oom_control``.
 ``rlimit``
     no usable memory controller: ``RLIMIT_AS`` on the sandbox's processes. An
     allocation beyond it fails (``MemoryError``) rather than being OOM-killed,
-    so an OOM cannot be *reported*; CPUs are not limited. ``status`` says so.
+    so an OOM cannot be *reported*; CPUs and processes are not limited
+    (``RLIMIT_NPROC`` counts every process of the host user, not the
+    enclave's, and root ignores it). ``status`` says so.
+
+The process limit (:data:`DEFAULT_PIDS` tasks: processes *and* threads) is
+what a Nitro guest gets from its own kernel: an app that forks without end
+exhausts the enclave, not the host's pid space, and its ``fork`` fails with
+``EAGAIN`` long before the host's. Refused forks are counted in ``pids.events``.
 
 The sandbox's processes enter the cgroup in the forked child *before* bubblewrap
 is exec'd (:meth:`Limits.enter`), so no process of the enclave ever runs
@@ -45,6 +53,11 @@ Mechanism = Literal["cgroup2", "cgroup1", "rlimit"]
 
 CGROUP_PARENT = "strongroom"
 CPU_PERIOD_US = 100_000
+#: Tasks (processes and threads) one enclave may have at once. The server
+#: needs a few dozen (its threads, one process per run); an app that needs
+#: more than a thousand is a fork bomb, and a host's default pid space
+#: (32768) holds many enclaves of this size.
+DEFAULT_PIDS = 1024
 _MIB = 1024 * 1024
 _MOUNTS = Path("/proc/self/mounts")
 _EMPTY_WAIT_S = 5.0
@@ -63,12 +76,26 @@ class Limits:
     cpu_limited: bool = False
     #: Why a better mechanism was not used (empty when the first choice worked).
     note: str = ""
+    #: Tasks (processes and threads) the whole enclave may have.
+    pids: int = DEFAULT_PIDS
+    #: The cgroup holding ``pids.max`` (one of :attr:`cgroups`); None: not limited.
+    pids_cgroup: str | None = None
+
+    @property
+    def pids_limited(self) -> bool:
+        return self.pids_cgroup is not None
 
     def describe(self) -> str:
         where = f" at {self.cgroups[0]}" if self.cgroups else ""
         cpu = f"{self.cpus} CPU quota" if self.cpu_limited else "CPUs not limited"
+        if self.pids_limited:
+            pids = f"{self.pids} tasks"
+        elif self.mechanism == "rlimit":
+            pids = "processes not limited per enclave"
+        else:
+            pids = "processes not limited"
         note = f" ({self.note})" if self.note else ""
-        return f"{self.mechanism}{where}: {self.memory_mib} MiB, {cpu}{note}"
+        return f"{self.mechanism}{where}: {self.memory_mib} MiB, {cpu}, {pids}{note}"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -78,6 +105,8 @@ class Limits:
             "cgroups": list(self.cgroups),
             "cpu_limited": self.cpu_limited,
             "note": self.note,
+            "pids": self.pids,
+            "pids_cgroup": self.pids_cgroup,
         }
 
     @classmethod
@@ -88,6 +117,7 @@ class Limits:
         cgroups = raw.get("cgroups") or []
         if not isinstance(cgroups, list):
             raise ValueError("cgroups must be a list")
+        pids_cgroup = raw.get("pids_cgroup")
         return cls(
             mechanism=mechanism,
             memory_mib=int(str(raw["memory_mib"])),
@@ -95,10 +125,14 @@ class Limits:
             cgroups=tuple(str(c) for c in cgroups),
             cpu_limited=bool(raw.get("cpu_limited")),
             note=str(raw.get("note") or ""),
+            # records written before the process limit existed have neither field
+            pids=int(str(raw.get("pids", DEFAULT_PIDS))),
+            pids_cgroup=None if pids_cgroup is None else str(pids_cgroup),
         )
 
     def enter(self) -> None:
-        """Run in the forked child before exec: join the cgroups, or set RLIMIT_AS."""
+        """Run in the forked child before exec: join the cgroups (memory, cpu, pids), or
+        set RLIMIT_AS."""
         if self.mechanism == "rlimit":
             limit = self.memory_mib * _MIB
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -119,6 +153,20 @@ class Limits:
         for line in lines:
             key, _, value = line.partition(" ")
             if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return None
+
+    def refused_forks(self) -> int | None:
+        """How many forks (or new threads) the process limit refused (None: cannot tell)."""
+        if self.pids_cgroup is None:
+            return None
+        try:
+            lines = Path(self.pids_cgroup, "pids.events").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            key, _, value = line.partition(" ")
+            if key == "max" and value.strip().isdigit():
                 return int(value)
         return None
 
@@ -160,7 +208,7 @@ def _cgroup_mounts() -> tuple[Path | None, dict[str, Path]]:
         if fstype == "cgroup2" and unified is None:
             unified = Path(mountpoint)
         elif fstype == "cgroup":
-            for controller in ("memory", "cpu"):
+            for controller in ("memory", "cpu", "pids"):
                 if controller in options:
                     v1.setdefault(controller, Path(mountpoint))
     return unified, v1
@@ -181,14 +229,14 @@ def _make(parent: Path, cgroup_id: str) -> Path:
     return path
 
 
-def _try_cgroup2(root: Path, cgroup_id: str, memory_mib: int, cpus: int) -> Limits | str:
+def _try_cgroup2(root: Path, cgroup_id: str, memory_mib: int, cpus: int, pids: int) -> Limits | str:
     try:
         available = (root / "cgroup.controllers").read_text().split()
     except OSError as e:
         return f"cgroup2: {e.strerror}"
     if "memory" not in available:
         return "cgroup2: no memory controller"
-    wanted = [c for c in ("memory", "cpu") if c in available]
+    wanted = [c for c in ("memory", "cpu", "pids") if c in available]
     enable = " ".join(f"+{c}" for c in wanted)
     created: Path | None = None
     try:
@@ -202,16 +250,27 @@ def _try_cgroup2(root: Path, cgroup_id: str, memory_mib: int, cpus: int) -> Limi
         cpu_limited = "cpu" in wanted
         if cpu_limited:
             _write(created / "cpu.max", f"{cpus * CPU_PERIOD_US} {CPU_PERIOD_US}")
+        if "pids" in wanted:
+            _write(created / "pids.max", str(pids))
     except OSError as e:
         if created is not None:
             with contextlib.suppress(OSError):
                 created.rmdir()
         return f"cgroup2: {e.strerror} ({e.filename})"
-    return Limits("cgroup2", memory_mib, cpus, (str(created),), cpu_limited)
+    return Limits(
+        "cgroup2",
+        memory_mib,
+        cpus,
+        (str(created),),
+        cpu_limited,
+        note="" if "pids" in wanted else "cgroup2: no pids controller",
+        pids=pids,
+        pids_cgroup=str(created) if "pids" in wanted else None,
+    )
 
 
 def _try_cgroup1(
-    mounts: dict[str, Path], cgroup_id: str, memory_mib: int, cpus: int
+    mounts: dict[str, Path], cgroup_id: str, memory_mib: int, cpus: int, pids: int
 ) -> Limits | str:
     if "memory" not in mounts:
         return "cgroup1: no memory hierarchy"
@@ -233,15 +292,49 @@ def _try_cgroup1(
                 _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(cpu / "cpu.cfs_quota_us", str(cpus * CPU_PERIOD_US))
                 cpu_limited = True
+        pids_cgroup, pids_note = _pids_cgroup1(mounts, memory, cgroup_id, pids)
+        if pids_cgroup is not None and pids_cgroup != memory:
+            created.append(pids_cgroup)
     except OSError as e:
         for path in reversed(created):
             with contextlib.suppress(OSError):
                 path.rmdir()
         return f"cgroup1: {e.strerror} ({e.filename})"
-    return Limits("cgroup1", memory_mib, cpus, tuple(str(p) for p in created), cpu_limited)
+    return Limits(
+        "cgroup1",
+        memory_mib,
+        cpus,
+        tuple(str(p) for p in created),
+        cpu_limited,
+        note=pids_note,
+        pids=pids,
+        pids_cgroup=None if pids_cgroup is None else str(pids_cgroup),
+    )
 
 
-def create_limits(cgroup_id: str, *, memory_mib: int, cpus: int) -> Limits:
+def _pids_cgroup1(
+    mounts: dict[str, Path], memory: Path, cgroup_id: str, pids: int
+) -> tuple[Path | None, str]:
+    """The v1 cgroup holding the enclave's ``pids.max`` (or None), and why not."""
+    if "pids" not in mounts:
+        return None, "cgroup1: no pids hierarchy"
+    # co-mounted with memory (``-o memory,pids``): the same directory holds both
+    group = memory if mounts["pids"] == mounts["memory"] else None
+    try:
+        if group is None:
+            group = _make(mounts["pids"], cgroup_id)
+        _write(group / "pids.max", str(pids))
+    except OSError as e:
+        if group is not None and group != memory:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        return None, f"cgroup1 pids: {e.strerror} ({e.filename})"
+    return group, ""
+
+
+def create_limits(
+    cgroup_id: str, *, memory_mib: int, cpus: int, pids: int = DEFAULT_PIDS
+) -> Limits:
     """Create the enclave's cgroup(s) with the first mechanism that works here."""
     try:
         unified, v1 = _cgroup_mounts()
@@ -249,12 +342,12 @@ def create_limits(cgroup_id: str, *, memory_mib: int, cpus: int) -> Limits:
         unified, v1 = None, {}
     reasons: list[str] = []
     if unified is not None:
-        first = _try_cgroup2(unified, cgroup_id, memory_mib, cpus)
+        first = _try_cgroup2(unified, cgroup_id, memory_mib, cpus, pids)
         if isinstance(first, Limits):
             return first
         reasons.append(first)
-    second = _try_cgroup1(v1, cgroup_id, memory_mib, cpus)
+    second = _try_cgroup1(v1, cgroup_id, memory_mib, cpus, pids)
     if isinstance(second, Limits):
-        return replace(second, note="; ".join(reasons))
+        return replace(second, note="; ".join([*reasons, *filter(None, [second.note])]))
     reasons.append(second)
-    return Limits("rlimit", memory_mib, cpus, note="; ".join(reasons))
+    return Limits("rlimit", memory_mib, cpus, note="; ".join(reasons), pids=pids)

@@ -106,7 +106,8 @@ def test_limits_json_and_description() -> None:
     limits = Limits("cgroup1", 128, 2, ("/sys/fs/cgroup/memory/strongroom/x",), True, "why")
     assert Limits.from_json(limits.to_json()) == limits
     assert limits.describe() == (
-        "cgroup1 at /sys/fs/cgroup/memory/strongroom/x: 128 MiB, 2 CPU quota (why)"
+        "cgroup1 at /sys/fs/cgroup/memory/strongroom/x: 128 MiB, 2 CPU quota, "
+        "processes not limited (why)"
     )
     assert Limits("rlimit", 64, 1).oom_kills() is None
 
