@@ -1,7 +1,8 @@
 """Sealed packages: an application directory encrypted for an attested enclave.
 
 A package is a header (readable without a key: the KMS key id, the wrapped
-data key, the encryption context, the chunk size) followed by a body: a
+data key, the encryption context, the chunk size, the app's manifest and the
+vendor's signature) followed by a body: a
 deterministic tar of the directory, encrypted with AES-256-GCM in the STREAM
 construction under a key derived from the KMS data key. ``docs/FORMAT.md``
 specifies the bytes; this package is the only code that reads or writes them.
@@ -13,6 +14,12 @@ Invariants:
 - Every chunk authenticates the header and its own position, so any change,
   truncation, reordering, duplication or appended data is detected, and
   nothing is returned or extracted from a chunk that did not authenticate.
+- The manifest (:class:`AppManifest`) says what the host may do: the entries
+  it may run, the environment variables it may set, the egress the app
+  needs, its resources. No manifest (v1, legacy, no ``strongroom.toml``)
+  means the safe defaults: the host's entry, no env, no egress.
+- A signed header names its signer; :func:`verify_signature` decides
+  whether that signer is one the enclave image pins.
 - Every archive entry is checked before it is created: no absolute paths, no
   ``..``, no links out of the tree, no hard links, devices or FIFOs, no
   duplicates, nothing through a symlink, bounded size and entry count.
@@ -31,9 +38,19 @@ from strongroom.sealing.format import (
     FORMAT_VERSION,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    READ_VERSIONS,
     SealedHeader,
 )
 from strongroom.sealing.legacy import LegacyHeader, legacy_fernet_key
+from strongroom.sealing.manifest import (
+    DEFAULT_PROCESSES,
+    MANIFEST_NAME,
+    RESERVED_ENV_NAMES,
+    RESERVED_ENV_PREFIXES,
+    AppManifest,
+    check_host_request,
+    env_name_reserved,
+)
 from strongroom.sealing.package import (
     Header,
     PackageInfo,
@@ -43,6 +60,14 @@ from strongroom.sealing.package import (
     seal,
     unseal,
 )
+from strongroom.sealing.signing import (
+    SigningKeyFiles,
+    create_signing_key,
+    load_signer_public_key,
+    load_signing_key,
+    signer_fingerprint,
+    verify_signature,
+)
 from strongroom.sealing.tree import ExtractLimits
 
 __all__ = [
@@ -50,18 +75,32 @@ __all__ = [
     "CONTEXT_APP_VERSION",
     "CONTEXT_VENDOR",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_PROCESSES",
     "FORMAT_VERSION",
+    "MANIFEST_NAME",
     "MAX_CHUNK_SIZE",
     "MIN_CHUNK_SIZE",
+    "READ_VERSIONS",
+    "RESERVED_ENV_NAMES",
+    "RESERVED_ENV_PREFIXES",
+    "AppManifest",
     "ExtractLimits",
     "Header",
     "LegacyHeader",
     "PackageInfo",
     "SealedHeader",
+    "SigningKeyFiles",
+    "check_host_request",
+    "create_signing_key",
+    "env_name_reserved",
     "inspect",
     "legacy_fernet_key",
+    "load_signer_public_key",
+    "load_signing_key",
     "open_package",
     "read_header",
     "seal",
+    "signer_fingerprint",
     "unseal",
+    "verify_signature",
 ]

@@ -1,20 +1,28 @@
-"""The v1 header of a sealed package: layout, limits, encoding and parsing.
+"""The header of a sealed package (versions 1 and 2): layout, limits, encoding, parsing.
 
 The header is everything a reader needs before it can decrypt: which KMS key
 wrapped the data key, the wrapped data key itself, the encryption context the
 key service binds to it, and the parameters of the STREAM body (chunk size,
-HKDF salt, nonce prefix). ``docs/FORMAT.md`` is the normative description;
-this module is its only implementation.
+HKDF salt, nonce prefix). Version 2, which :func:`build_header` writes, adds
+the app's manifest (what the host may do with it, :mod:`.manifest`) and an
+optional vendor signature (:mod:`.signing`). Version 1 is still read: it has
+neither, which means the safe defaults. ``docs/FORMAT.md`` is the normative
+description; this module is its only implementation.
 
 Invariants:
 
 - The header is readable without any key (``strongroom inspect``), and it is
   authenticated by every chunk of the body: the AAD of each chunk is the
-  SHA-256 of the exact header bytes (:attr:`SealedHeader.aad`).
+  SHA-256 of the exact header bytes (:attr:`SealedHeader.aad`), manifest and
+  signature included.
 - There is one encoding of a given header. The parser rejects anything else
-  (unsorted or duplicate context keys, a declared length that does not match
-  the fields, out-of-range values), and :func:`build_header` goes through the
-  parser, so the writer can never produce a header the reader would refuse.
+  (unsorted or duplicate context keys, a manifest not in canonical form, a
+  declared length that does not match the fields, out-of-range values), and
+  :func:`build_header` goes through the parser, so the writer can never
+  produce a header the reader would refuse.
+- A parsed header's signature verified under the public key beside it, so
+  :attr:`SealedHeader.signer` is a key that signed these bytes; whether that
+  key is *trusted* is :func:`~.signing.verify_signature`'s decision.
 - Every variable-length field has a limit, and the whole header is at most
   :data:`MAX_HEADER_SIZE` bytes, so parsing an untrusted header reads and
   allocates a bounded amount.
@@ -29,11 +37,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from strongroom.errors import InvalidInputError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-#: The first 8 bytes of every v1 package.
+from strongroom.errors import InvalidInputError, VerificationError
+from strongroom.sealing.manifest import MAX_MANIFEST_BYTES, AppManifest
+from strongroom.sealing.signing import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_CONTEXT,
+    SIGNATURE_SECTION_SIZE,
+    public_key_bytes,
+    signature_valid,
+    signer_fingerprint,
+)
+
+#: The first 8 bytes of every package of this format, whatever its version.
 MAGIC = b"STRONGRM"
-FORMAT_VERSION = 1
+#: The version :func:`build_header` writes.
+FORMAT_VERSION = 2
+FORMAT_VERSION_1 = 1
+#: The versions this reader accepts.
+READ_VERSIONS = (FORMAT_VERSION_1, FORMAT_VERSION)
+FORMAT_NAMES: dict[int, Literal["strongroom-v1", "strongroom-v2"]] = {
+    FORMAT_VERSION_1: "strongroom-v1",
+    FORMAT_VERSION: "strongroom-v2",
+}
 
 #: Payload type codes (one byte in the header) and their names.
 PAYLOAD_TAR = 1
@@ -54,7 +81,11 @@ MAX_ENCRYPTED_DATA_KEY_BYTES = 6144
 MAX_CONTEXT_ENTRIES = 64
 #: Bytes of the encoded context section (count, lengths, keys and values).
 MAX_CONTEXT_BYTES = 8192
-MAX_HEADER_SIZE = 65536
+#: A v1 header's fields fit in 16 KiB; its declared length may not exceed this.
+MAX_V1_HEADER_SIZE = 65536
+#: The v1 fields, a manifest of up to 64 KiB and a signature fit in this.
+MAX_HEADER_SIZE = 131072
+MAX_HEADER_SIZES = {FORMAT_VERSION_1: MAX_V1_HEADER_SIZE, FORMAT_VERSION: MAX_HEADER_SIZE}
 
 #: Well-known encryption-context keys: ``strongroom seal`` fills them in.
 CONTEXT_VENDOR = "vendor"
@@ -64,6 +95,7 @@ CONTEXT_APP_VERSION = "app_version"
 # magic, version, header length, payload type, chunk size, salt, nonce prefix, created
 _FIXED = struct.Struct(f">8sBIBI{SALT_SIZE}s{NONCE_PREFIX_SIZE}sQ")
 _U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 
 NOT_A_PACKAGE_HINT = "expected a file made by `strongroom seal` (or a legacy AWS-sample package)"
 DAMAGED_HINT = "the file is damaged or was not made by Strongroom; obtain a fresh copy"
@@ -71,7 +103,7 @@ DAMAGED_HINT = "the file is damaged or was not made by Strongroom; obtain a fres
 
 @dataclass(frozen=True)
 class SealedHeader:
-    """A parsed v1 header. ``raw`` is its exact encoding, which the body authenticates."""
+    """A parsed v1 or v2 header. ``raw`` is its exact encoding, which the body authenticates."""
 
     raw: bytes = field(repr=False)
     key_id: str
@@ -84,7 +116,12 @@ class SealedHeader:
     #: Unix time of sealing, 0 when not recorded.
     created: int
     version: int = FORMAT_VERSION
-    format: Literal["strongroom-v1"] = "strongroom-v1"
+    format: Literal["strongroom-v1", "strongroom-v2"] = "strongroom-v2"
+    #: What the host may do with the app; None: the defaults (v1, or no strongroom.toml).
+    manifest: AppManifest | None = None
+    #: The raw 32-byte Ed25519 public key that signed the header; None when unsigned.
+    signer: bytes | None = None
+    signature: bytes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -94,6 +131,14 @@ class SealedHeader:
     def aad(self) -> bytes:
         """The associated data of every chunk: SHA-256 of the header bytes."""
         return hashlib.sha256(self.raw).digest()
+
+    @property
+    def signed_message(self) -> bytes:
+        """What the signature signs: the context string, then every byte before its section."""
+        if self.version == FORMAT_VERSION_1:
+            return b""
+        section = 0 if self.signature is None else SIGNATURE_SECTION_SIZE
+        return SIGNATURE_CONTEXT + self.raw[: len(self.raw) - _U16.size - section]
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -142,8 +187,25 @@ def build_header(
     nonce_prefix: bytes,
     created: int,
     payload_type: int = PAYLOAD_TAR,
+    manifest: AppManifest | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+    version: int = FORMAT_VERSION,
 ) -> SealedHeader:
-    """Encode a header, then parse it back: what we write is what we accept."""
+    """Encode a header, then parse it back: what we write is what we accept.
+
+    ``version`` 1 exists for test vectors and compatibility tests; it can
+    carry neither a manifest nor a signature.
+    """
+    if version not in READ_VERSIONS:
+        raise InvalidInputError(
+            f"cannot write sealed-package format version {version}",
+            hint=f"write version {FORMAT_VERSION}",
+        )
+    if version == FORMAT_VERSION_1 and (manifest is not None or signing_key is not None):
+        raise InvalidInputError(
+            "a version 1 header holds no manifest and no signature",
+            hint=f"write version {FORMAT_VERSION}",
+        )
     check_chunk_size(chunk_size)
     encoded_key_id = _utf8(key_id, "key id")
     if not 0 < len(encoded_key_id) <= MAX_KEY_ID_BYTES:
@@ -165,26 +227,37 @@ def build_header(
         raise InvalidInputError(
             f"creation time {created} is out of range", hint="pass a Unix time in seconds"
         )
-    tail = b"".join(
-        [
-            _U16.pack(len(encoded_key_id)),
-            encoded_key_id,
-            _U16.pack(len(encrypted_data_key)),
-            encrypted_data_key,
-            encode_context(encryption_context),
-        ]
-    )
-    size = _FIXED.size + len(tail)
-    fixed = _FIXED.pack(
-        MAGIC, FORMAT_VERSION, size, payload_type, chunk_size, salt, nonce_prefix, created
-    )
-    return read_sealed_header(io.BytesIO(fixed + tail), name="the new header")
+    parts = [
+        _U16.pack(len(encoded_key_id)),
+        encoded_key_id,
+        _U16.pack(len(encrypted_data_key)),
+        encrypted_data_key,
+        encode_context(encryption_context),
+    ]
+    signature_size = 0
+    if version == FORMAT_VERSION:
+        canonical = b"" if manifest is None else manifest.canonical()
+        parts += [_U32.pack(len(canonical)), canonical]
+        signature_size = _U16.size + (0 if signing_key is None else SIGNATURE_SECTION_SIZE)
+    tail = b"".join(parts)
+    size = _FIXED.size + len(tail) + signature_size
+    fixed = _FIXED.pack(MAGIC, version, size, payload_type, chunk_size, salt, nonce_prefix, created)
+    raw = fixed + tail
+    if version == FORMAT_VERSION:
+        if signing_key is None:
+            raw += _U16.pack(0)
+        else:
+            signature = signing_key.sign(SIGNATURE_CONTEXT + raw)
+            public_key = public_key_bytes(signing_key)
+            raw += _U16.pack(SIGNATURE_SECTION_SIZE) + public_key + signature
+    return read_sealed_header(io.BytesIO(raw), name="the new header")
 
 
 def read_sealed_header(stream: BinaryIO, *, name: str, head: bytes = b"") -> SealedHeader:
-    """Parse a v1 header from ``stream``; ``head`` holds bytes already read from it.
+    """Parse a v1 or v2 header from ``stream``; ``head`` holds bytes already read from it.
 
-    Leaves the stream positioned at the first chunk.
+    Leaves the stream positioned at the first chunk. A v2 signature is
+    verified against the public key beside it (not against any pin).
     """
     fixed = head + read_exact(stream, _FIXED.size - len(head), name=name)
     magic, version, size, payload_code, chunk_size, salt, prefix, created = _FIXED.unpack(fixed)
@@ -192,13 +265,13 @@ def read_sealed_header(stream: BinaryIO, *, name: str, head: bytes = b"") -> Sea
         raise InvalidInputError(
             f"{name} is not a Strongroom sealed package", hint=NOT_A_PACKAGE_HINT
         )
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise InvalidInputError(
             f"{name} uses sealed-package format version {version}; "
-            f"this Strongroom reads version {FORMAT_VERSION}",
+            f"this Strongroom reads versions {' and '.join(map(str, READ_VERSIONS))}",
             hint="open it with the Strongroom release that sealed it, or upgrade Strongroom",
         )
-    if not _FIXED.size < size <= MAX_HEADER_SIZE:
+    if not _FIXED.size < size <= MAX_HEADER_SIZES[version]:
         raise InvalidInputError(
             f"{name} declares an impossible header length ({size} bytes)", hint=DAMAGED_HINT
         )
@@ -220,10 +293,39 @@ def read_sealed_header(stream: BinaryIO, *, name: str, head: bytes = b"") -> Sea
     if not encrypted_data_key:
         raise InvalidInputError(f"{name} has an empty encrypted data key", hint=DAMAGED_HINT)
     context = fields.context()
+    manifest: AppManifest | None = None
+    signer: bytes | None = None
+    signature: bytes | None = None
+    signed_end = 0
+    canonical = b""
+    if version == FORMAT_VERSION:
+        canonical = fields.blob32("manifest", MAX_MANIFEST_BYTES)
+        signed_end = fields.offset
+        section = fields.blob("signature", SIGNATURE_SECTION_SIZE)
+        if section:
+            if len(section) != SIGNATURE_SECTION_SIZE:
+                raise InvalidInputError(
+                    f"{name}: the signature section is {len(section)} bytes, "
+                    f"not 0 or {SIGNATURE_SECTION_SIZE}",
+                    hint=DAMAGED_HINT,
+                )
+            signer, signature = section[:PUBLIC_KEY_SIZE], section[PUBLIC_KEY_SIZE:]
     if fields.offset != len(raw):
         raise InvalidInputError(
             f"{name} has {len(raw) - fields.offset} unexpected header bytes", hint=DAMAGED_HINT
         )
+    if (
+        signer is not None
+        and signature is not None
+        and not signature_valid(signer, signature, SIGNATURE_CONTEXT + raw[:signed_end])
+    ):
+        raise VerificationError(
+            f"{name}: the signature is invalid (claimed signer {signer_fingerprint(signer)}): "
+            "the header was changed after it was signed",
+            hint="obtain a fresh copy of the package from the vendor",
+        )
+    if canonical:
+        manifest = AppManifest.from_canonical(canonical, source=f"{name}: the manifest")
     return SealedHeader(
         raw=raw,
         key_id=key_id,
@@ -234,6 +336,11 @@ def read_sealed_header(stream: BinaryIO, *, name: str, head: bytes = b"") -> Sea
         salt=salt,
         nonce_prefix=prefix,
         created=created,
+        version=version,
+        format=FORMAT_NAMES[version],
+        manifest=manifest,
+        signer=signer,
+        signature=signature,
     )
 
 
@@ -268,7 +375,15 @@ class _Fields:
         self.name = name
 
     def blob(self, what: str, limit: int) -> bytes:
-        (length,) = self._unpack(_U16, what)
+        """A field with a 16-bit length."""
+        return self._blob(_U16, what, limit)
+
+    def blob32(self, what: str, limit: int) -> bytes:
+        """A field with a 32-bit length."""
+        return self._blob(_U32, what, limit)
+
+    def _blob(self, length_format: struct.Struct, what: str, limit: int) -> bytes:
+        (length,) = self._unpack(length_format, what)
         if length > limit:
             raise InvalidInputError(
                 f"{self.name}: the {what} is longer than {limit} bytes", hint=DAMAGED_HINT

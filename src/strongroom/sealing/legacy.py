@@ -68,6 +68,20 @@ class LegacyHeader:
     payload_type: str = "zip"
     format: Literal["legacy-fernet-zip"] = "legacy-fernet-zip"
 
+    # The sample's format has no manifest and no signature: such a package
+    # runs with the safe defaults (the host names the entry, no env, no egress).
+    @property
+    def manifest(self) -> None:
+        return None
+
+    @property
+    def signer(self) -> None:
+        return None
+
+    @property
+    def signature(self) -> None:
+        return None
+
 
 def legacy_fernet_key(data_key: bytes) -> bytes:
     """The Fernet key the AWS sample derives from a KMS data key."""

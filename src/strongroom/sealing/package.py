@@ -1,7 +1,9 @@
 """Seal, inspect and open packages: the file-level operations over the format.
 
-- :func:`seal` asks the key service for a data key bound to the encryption
-  context, streams the deterministic tar of the app directory through the
+- :func:`seal` reads and validates the app's ``strongroom.toml`` (before it
+  asks for anything), asks the key service for a data key bound to the
+  encryption context, writes a v2 header holding the manifest (signed when
+  given a vendor signing key), streams the deterministic tar of the app directory through the
   STREAM writer into a temporary file next to the output, and renames it into
   place only once it is complete and synced.
 - :func:`unseal` asks the key service to unwrap the data key (with the key id
@@ -32,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from strongroom.errors import (
     InvalidInputError,
     NotFoundError,
@@ -60,6 +64,7 @@ from strongroom.sealing.legacy import (
     open_legacy,
     read_legacy_header,
 )
+from strongroom.sealing.manifest import AppManifest
 from strongroom.sealing.stream import (
     ChunkReader,
     ChunkWriter,
@@ -83,7 +88,7 @@ _NO_PLAINTEXT_HINT = "call the key service without a Recipient: this side needs 
 class PackageInfo:
     """What a package says about itself; ``None`` where the format does not tell."""
 
-    format: Literal["strongroom-v1", "legacy-fernet-zip"]
+    format: Literal["strongroom-v1", "strongroom-v2", "legacy-fernet-zip"]
     version: int
     key_id: str | None
     encryption_context: dict[str, str]
@@ -95,10 +100,14 @@ class PackageInfo:
     payload_size: int | None
     encrypted_data_key: bytes = field(repr=False)
     created: datetime | None = None
+    #: What the host may do; None: the defaults (v1, legacy, or no strongroom.toml).
+    manifest: AppManifest | None = None
+    #: Raw Ed25519 public key whose signature over the header verified; None: unsigned.
+    signer: bytes | None = None
 
 
 def read_header(stream: BinaryIO, *, name: str = "the package") -> Header:
-    """Read a v1 or legacy header, leaving ``stream`` where :func:`open_package` continues.
+    """Read a v1, v2 or legacy header, leaving ``stream`` where :func:`open_package` continues.
 
     ``name`` is how error messages call the stream (a file name, say).
     """
@@ -142,13 +151,16 @@ def seal(
     context: Mapping[str, str] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> PackageInfo:
     """Seal ``app_dir`` into the package ``out`` under the KMS key ``key_id``.
 
     ``context`` is the encryption context (see ``CONTEXT_*`` for the usual
-    keys); the key service binds the data key to it. ``progress`` is called
-    with the number of plaintext (tar) bytes sealed since its previous call.
-    An existing ``out`` is replaced atomically.
+    keys); the key service binds the data key to it. The app's
+    ``strongroom.toml``, if any, is validated and sealed in the header
+    (:meth:`AppManifest.load`); ``signing_key`` signs the header.
+    ``progress`` is called with the number of plaintext (tar) bytes sealed
+    since its previous call. An existing ``out`` is replaced atomically.
     """
     context = dict(context or {})
     if not app_dir.is_dir():
@@ -164,7 +176,8 @@ def seal(
             hint="write the package outside the application directory",
         )
     check_chunk_size(chunk_size)
-    encode_context(context)  # refuse a bad context before asking the key service
+    encode_context(context)  # refuse a bad context or manifest before asking the key service
+    manifest = AppManifest.load(app_dir)
     data_key = keys.generate_data_key(key_id, encryption_context=context or None)
     if data_key.plaintext is None:
         raise StrongroomError(
@@ -178,6 +191,8 @@ def seal(
         salt=os.urandom(SALT_SIZE),
         nonce_prefix=os.urandom(NONCE_PREFIX_SIZE),
         created=int(time.time()),
+        manifest=manifest,
+        signing_key=signing_key,
     )
     payload_key = derive_payload_key(data_key.plaintext, header.salt)
     try:
@@ -337,6 +352,8 @@ def _info(
         payload_size=payload_size,
         encrypted_data_key=header.encrypted_data_key,
         created=created,
+        manifest=header.manifest,
+        signer=header.signer,
     )
 
 

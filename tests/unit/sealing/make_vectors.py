@@ -1,4 +1,7 @@
-"""Generate the test vectors of docs/FORMAT.md from fixed inputs.
+"""Generate the test vectors of docs/FORMAT.md from fixed inputs (v1 and v2 headers).
+
+Ed25519 signatures are deterministic, so the signed v2 vector is reproducible
+from the fixed seed.
 
     .venv/bin/python tests/unit/sealing/make_vectors.py          # print them
     .venv/bin/python tests/unit/sealing/make_vectors.py --write  # update docs/FORMAT.md
@@ -18,8 +21,12 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from strongroom.sealing.archive import write_tar
 from strongroom.sealing.format import SealedHeader, build_header
+from strongroom.sealing.manifest import AppManifest
+from strongroom.sealing.signing import public_key_bytes, signer_fingerprint
 from strongroom.sealing.stream import ChunkWriter, ReadableInto, derive_payload_key
 from strongroom.sealing.tree import ExtractLimits
 
@@ -35,6 +42,17 @@ ENCRYPTED_DATA_KEY = bytes(range(0x40, 0x70))
 CONTEXT = {"vendor": "acme", "app": "demo", "app_version": "1.0"}
 CREATED = 1_700_000_000
 CHUNK_SIZE = 64
+#: The vendor signing key of the v2 vectors: an Ed25519 private key (RFC 8032 seed).
+SIGNING_SEED = bytes(range(0x80, 0xA0))
+MANIFEST = AppManifest(
+    entries=("main.py", "tools/train.py"),
+    env=("CLASSIFIER_THREADS",),
+    egress=(("api.example.com", 443),),
+    memory_mib=512,
+    processes=64,
+)
+#: The v2 vectors re-seal these payloads under the v2 header.
+V2_PAYLOADS = ("short", "three-chunks")
 
 PAYLOADS = {
     "empty": b"",
@@ -54,7 +72,13 @@ TREE: dict[str, bytes | tuple[str, str] | None] = {
 }
 
 
-def vector_header() -> SealedHeader:
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
+
+
+def vector_header(
+    *, version: int = 1, manifest: AppManifest | None = None, signed: bool = False
+) -> SealedHeader:
     return build_header(
         key_id=KEY_ID,
         encrypted_data_key=ENCRYPTED_DATA_KEY,
@@ -63,7 +87,20 @@ def vector_header() -> SealedHeader:
         salt=SALT,
         nonce_prefix=NONCE_PREFIX,
         created=CREATED,
+        version=version,
+        manifest=manifest,
+        signing_key=signing_key() if signed else None,
     )
+
+
+def signed_header() -> SealedHeader:
+    """The v2 vector: the manifest, signed."""
+    return vector_header(version=2, manifest=MANIFEST, signed=True)
+
+
+def plain_header() -> SealedHeader:
+    """The v2 vector of an app without strongroom.toml, unsigned."""
+    return vector_header(version=2)
 
 
 def seal_payload(header: SealedHeader, payload: bytes) -> bytes:
@@ -130,6 +167,41 @@ def _hex_block(data: bytes) -> str:
     return "\n".join(textwrap.wrap(data.hex(), 64)) if data else "(empty)"
 
 
+def _body_vectors(header: SealedHeader, names: tuple[str, ...]) -> list[str]:
+    lines: list[str] = []
+    for name in names:
+        payload = PAYLOADS[name]
+        body = seal_payload(header, payload)
+        lines += [
+            f"Vector `{name}`: a payload of {len(payload)} bytes, "
+            f"a body of {len(body)} bytes; the package is the header followed by the body.",
+            "",
+            "```text",
+            "payload:",
+            _hex_block(payload),
+            "body:",
+            _hex_block(body),
+            "```",
+            "",
+        ]
+    return lines
+
+
+def _header_block(title: str, header: SealedHeader) -> list[str]:
+    return [
+        f"{title} ({header.size} bytes):",
+        "",
+        "```text",
+        _hex_block(header.raw),
+        "```",
+        "",
+        "```text",
+        f"header_sha256 (AAD) {header.aad.hex()}",
+        "```",
+        "",
+    ]
+
+
 def render() -> str:
     header = vector_header()
     lines = [
@@ -146,36 +218,53 @@ def render() -> str:
         "encryption_context " + ", ".join(f'"{k}"="{v}"' for k, v in sorted(CONTEXT.items())),
         f"created            {CREATED}",
         f"chunk_size         {CHUNK_SIZE}",
+        f"payload_key        {derive_payload_key(DATA_KEY, SALT).hex()}",
         "```",
         "",
-        f"Header ({header.size} bytes):",
+        "### Version 1",
         "",
-        "```text",
-        _hex_block(header.raw),
-        "```",
-        "",
-        "```text",
-        f"header_sha256 (AAD) {header.aad.hex()}",
-        f"payload_key         {derive_payload_key(DATA_KEY, SALT).hex()}",
-        "```",
-        "",
+        *_header_block("Header, version 1", header),
+        *_body_vectors(header, tuple(PAYLOADS)),
     ]
-    for name, payload in PAYLOADS.items():
-        body = seal_payload(header, payload)
-        lines += [
-            f"Vector `{name}`: a payload of {len(payload)} bytes, "
-            f"a body of {len(body)} bytes; the package is the header followed by the body.",
-            "",
-            "```text",
-            "payload:",
-            _hex_block(payload),
-            "body:",
-            _hex_block(body),
-            "```",
-            "",
-        ]
+    signed = signed_header()
+    assert signed.signature is not None
+    public_key = public_key_bytes(signing_key())
+    plain = plain_header()
+    lines += [
+        "### Version 2",
+        "",
+        "The same inputs, plus a manifest and a vendor signing key:",
+        "",
+        "```text",
+        f"signing_key_seed   {SIGNING_SEED.hex()}",
+        f"public_key         {public_key.hex()}",
+        f"fingerprint        {signer_fingerprint(public_key)}",
+        "```",
+        "",
+        f"Manifest, canonical JSON ({len(MANIFEST.canonical())} bytes, UTF-8, shown as text):",
+        "",
+        "```json",
+        MANIFEST.canonical().decode(),
+        "```",
+        "",
+        *_header_block("Header, version 2, with the manifest, signed", signed),
+        "The signature (the header's last 64 bytes) signs `strongroom package header v2` "
+        "and a zero byte, followed by the header's first "
+        f"{signed.size - 2 - 96} bytes:",
+        "",
+        "```text",
+        f"signed_message_sha256 {hashlib.sha256(signed.signed_message).hexdigest()}",
+        "signature",
+        _hex_block(signed.signature),
+        "```",
+        "",
+        *_body_vectors(signed, V2_PAYLOADS),
+        *_header_block("Header, version 2, no manifest, unsigned", plain),
+    ]
     tar = tar_of_tree()
     lines += [
+        "### Payload",
+        "",
         "Deterministic tar of this tree (`run.sh` executable, `hello.txt` mode 0600, "
         "`latest` a symlink to `bin/run.sh`, any owner and times):",
         "",

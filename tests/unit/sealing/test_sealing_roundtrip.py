@@ -222,7 +222,7 @@ def test_seal_binds_the_context_and_reports_progress(
     assert sum(steps) == info.payload_size and len(steps) == info.chunk_count
     assert info.encryption_context == CONTEXT
     assert info.key_id == key_arn
-    assert info.format == "strongroom-v1" and info.version == 1
+    assert info.format == "strongroom-v2" and info.version == 2
     assert info.payload_type == "tar" and info.chunk_size == CHUNK
     assert info.created is not None
     opened: list[int] = []
@@ -413,7 +413,7 @@ def test_seal_replaces_an_existing_package(
     out = tmp_path / "p.sealed"
     out.write_text("old")
     seal(app_dir, out, kms, key_arn)
-    assert inspect(out).format == "strongroom-v1"
+    assert inspect(out).format == "strongroom-v2"
     assert out.stat().st_mode & 0o777 == 0o644
 
 

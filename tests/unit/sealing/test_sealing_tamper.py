@@ -205,12 +205,21 @@ def test_edited_key_id_is_refused_by_the_key_service(sealed: Path, kms: FakeKeyS
 
 
 def test_wrong_version_byte(sealed: Path, kms: FakeKeyService) -> None:
-    path = damaged(sealed, lambda p: p.header.__setitem__(8, 2))
+    path = damaged(sealed, lambda p: p.header.__setitem__(8, 3))
     refused(
-        path, kms, InvalidInputError, "uses sealed-package format version 2; .* reads version 1"
+        path,
+        kms,
+        InvalidInputError,
+        "uses sealed-package format version 3; .* reads versions 1 and 2",
     )
-    with pytest.raises(InvalidInputError, match="version 2"):
+    with pytest.raises(InvalidInputError, match="version 3"):
         inspect(path)
+
+
+def test_v2_header_relabelled_v1_is_refused(sealed: Path, kms: FakeKeyService) -> None:
+    """A downgrade cannot drop the manifest: the v2 sections are unexpected v1 bytes."""
+    path = damaged(sealed, lambda p: p.header.__setitem__(8, 1))
+    refused(path, kms, InvalidInputError, "6 unexpected header bytes")
 
 
 def test_unknown_payload_type(sealed: Path, kms: FakeKeyService) -> None:
