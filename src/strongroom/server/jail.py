@@ -1,0 +1,598 @@
+"""The app jail: how one sealed app is started with no authority inside the enclave.
+
+Run by the enclave server as ``python -I -S jail.py SPEC_JSON`` (standard
+library only, so it starts in a few milliseconds and imports nothing an app
+could have influenced). The server holds the enclave's secrets (the attestor,
+the key-service channel, the host's run credentials, other runs' plaintext);
+an app must reach none of them. Two processes do the work:
+
+``launcher`` (this script's first process, in the server's namespaces)
+    ``unshare`` a new mount, PID, network, IPC and UTS namespace, fork the
+    jail's init, wait for it and exit with its status. It dies with the
+    server (``PR_SET_PDEATHSIG``), and the init dies with it, and with the
+    init the kernel kills every process of the PID namespace: double forks
+    and ``setsid`` cannot outlive the run.
+
+``init`` (PID 1 of the new PID namespace), before it ``exec``\\s the app:
+
+1. builds a fresh root on a small tmpfs holding only: the system's ``/usr``
+   (and ``/bin``, ``/lib*`` links), the interpreter's tree and the image's app
+   packages, all read-only; the run's own private folder (``/enclave/app``)
+   and the shared folder (``/enclave/shared``), read-write, ``nosuid,nodev``;
+   a private ``/tmp`` and ``/dev/shm`` of bounded size; ``/dev`` with only
+   null, zero, full, random and urandom; a read-only ``/proc`` of its own PID
+   namespace. Then ``pivot_root`` and the old root is detached: the server's
+   files, sockets (attestor, egress), other runs' folders and the server's
+   ``/proc`` are not in the app's world at all;
+2. raises its ``oom_score_adj`` so the kernel kills an app before the server;
+3. takes the run's uid/gid (a distinct uid per run where the enclave has
+   them, i.e. on Nitro; the sandbox's only uid locally), then a user namespace
+   of its own in which the app is uid 1000 and owns nothing outside;
+4. drops every capability (bounding set, ambient), sets ``no_new_privs``,
+   limits processes (``RLIMIT_NPROC`` counts per user namespace, so the run's
+   own processes only), forbids core dumps;
+5. installs a seccomp filter that refuses ``ptrace``, ``process_vm_*``,
+   ``perf_event_open``, new namespaces (``unshare``, ``setns``, ``clone``
+   with ``CLONE_NEW*``), mounts, kernel keyrings, BPF, io_uring and module
+   loading, and every socket family but ``AF_UNIX`` (``AF_INET``/``AF_INET6``
+   only in the run's own, empty network namespace when the spec allows);
+6. ``exec``\\s the app's interpreter with ``-I`` (no environment variable,
+   user site or current directory can change what Python runs).
+
+Setup errors are written as one line to the status descriptor and the init
+exits with :data:`SETUP_FAILED`; the descriptor is close-on-exec, so the
+server reads end-of-file with no data exactly when the app was exec'd.
+
+The same code runs in the local sandbox (where the server is uid 0 with
+capabilities inside bubblewrap's user namespace) and in a Nitro enclave
+(where it is real root). It relies only on what a minimal Linux guest has.
+"""
+
+from __future__ import annotations
+
+# Only modules that load in microseconds: json, platform and signal pull in
+# re/enum and would cost ~15 ms on every run.
+import _signal  # type: ignore[import-not-found]
+import ctypes
+import errno
+import os
+import resource
+import struct
+import sys
+
+#: Exit status of the init (and the launcher) when the jail could not be set up.
+SETUP_FAILED = 125
+#: The app's uid and gid inside its own user namespace.
+APP_UID = 1000
+
+# --- libc ------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+_libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWCGROUP = 0x02000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+# statvfs flags → the mount flags a bind remount must keep (locked ones would fail)
+_ST_FLAGS = {
+    os.ST_NOSUID: MS_NOSUID,
+    os.ST_NODEV: MS_NODEV,
+    os.ST_NOEXEC: MS_NOEXEC,
+    os.ST_NOATIME: MS_NOATIME,
+    os.ST_NODIRATIME: MS_NODIRATIME,
+    os.ST_RELATIME: MS_RELATIME,
+}
+
+
+class SetupError(Exception):
+    """A step of the jail failed; the message names the step."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(code)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def _prctl(option: int, arg: int = 0, what: str = "prctl") -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), what)
+
+
+# --- seccomp ---------------------------------------------------------------------
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+X32_SYSCALL_BIT = 0x40000000
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+#: clone() flags that create namespaces (the low byte of clone's flags is the exit
+#: signal, so CLONE_NEWTIME (0x80) is only reachable through clone3/unshare).
+CLONE_NAMESPACES = (
+    CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
+) | CLONE_NEWNET
+
+#: System calls an app never needs and an attacker would (numbers from the
+#: kernel's unistd tables: x86_64 ``asm/unistd_64.h``, aarch64 ``asm-generic/unistd.h``).
+_REFUSED = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "perf_event_open",
+    "kcmp",
+    "pidfd_getfd",
+    "process_madvise",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "bpf",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "lookup_dcookie",
+    "syslog",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+)
+_X86_64_ONLY = {"iopl": 172, "ioperm": 173, "uselib": 134, "_sysctl": 156}
+_SYSCALLS = {
+    "x86_64": {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+        "perf_event_open": 298, "kcmp": 312, "pidfd_getfd": 438, "process_madvise": 440,
+        "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155,
+        "chroot": 161, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+        "fsmount": 432, "fspick": 433, "mount_setattr": 442, "bpf": 321, "userfaultfd": 323,
+        "keyctl": 250, "add_key": 248, "request_key": 249, "kexec_load": 246,
+        "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
+        "swapon": 167, "swapoff": 168, "reboot": 169, "acct": 163, "quotactl": 179,
+        "open_by_handle_at": 304, "name_to_handle_at": 303, "lookup_dcookie": 212,
+        "syslog": 103, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "clone": 56, "clone3": 435, "socket": 41, "socketpair": 53,
+    },
+    "aarch64": {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
+        "perf_event_open": 241, "kcmp": 272, "pidfd_getfd": 438, "process_madvise": 440,
+        "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
+        "chroot": 51, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
+        "fsmount": 432, "fspick": 433, "mount_setattr": 442, "bpf": 280, "userfaultfd": 282,
+        "keyctl": 219, "add_key": 217, "request_key": 218, "kexec_load": 104,
+        "kexec_file_load": 294, "init_module": 105, "finit_module": 273, "delete_module": 106,
+        "swapon": 224, "swapoff": 225, "reboot": 142, "acct": 89, "quotactl": 60,
+        "open_by_handle_at": 265, "name_to_handle_at": 264, "lookup_dcookie": 18,
+        "syslog": 116, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "clone": 220, "clone3": 435, "socket": 198, "socketpair": 199,
+    },
+}  # fmt: skip
+_ARCHES = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
+
+# classic BPF opcodes
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JGE_K = 0x35
+_JSET_K = 0x45
+_RET_K = 0x06
+#: offsets in struct seccomp_data
+_NR, _ARCH, _ARG0 = 0, 4, 16
+
+
+class _Program:
+    """A tiny classic-BPF assembler: forward jumps to labels, resolved at the end."""
+
+    def __init__(self) -> None:
+        self.code: list[tuple[int, int | str, int | str, int]] = []
+        self.labels: dict[str, int] = {}
+
+    def op(self, code: int, k: int, jt: int | str = 0, jf: int | str = 0) -> None:
+        self.code.append((code, jt, jf, k))
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.code)
+
+    def assemble(self) -> bytes:
+        out = bytearray()
+        for index, (code, jt, jf, k) in enumerate(self.code):
+            jumps = []
+            for target in (jt, jf):
+                offset = self.labels[target] - index - 1 if isinstance(target, str) else target
+                if not 0 <= offset <= 255:
+                    raise SetupError(f"seccomp filter jump out of range at {index}")
+                jumps.append(offset)
+            out += struct.pack("=HBBI", code, jumps[0], jumps[1], k & 0xFFFFFFFF)
+        return bytes(out)
+
+
+def seccomp_filter(machine: str, *, network: bool) -> bytes:
+    """The app's seccomp program for ``machine`` (``os.uname().machine``)."""
+    table = _SYSCALLS.get(machine)
+    if table is None:
+        raise SetupError(f"no seccomp syscall table for {machine}")
+    refused = [table[name] for name in _REFUSED]
+    if machine == "x86_64":
+        refused += _X86_64_ONLY.values()
+    families = [AF_UNIX] + ([AF_INET, AF_INET6] if network else [])
+    p = _Program()
+    p.op(_LD_W_ABS, _ARCH)
+    p.op(_JEQ_K, _ARCHES[machine], 0, "kill")
+    p.op(_LD_W_ABS, _NR)
+    if machine == "x86_64":
+        p.op(_JGE_K, X32_SYSCALL_BIT, "enosys", 0)
+    for number in refused:
+        p.op(_JEQ_K, number, "eperm", 0)
+    p.op(_JEQ_K, table["clone3"], "enosys", 0)  # libc falls back to clone(), checked below
+    p.op(_JEQ_K, table["clone"], "clone", 0)
+    p.op(_JEQ_K, table["socket"], "socket", 0)
+    p.op(_JEQ_K, table["socketpair"], "socket", 0)
+    p.op(_RET_K, SECCOMP_RET_ALLOW)
+    p.label("clone")
+    p.op(_LD_W_ABS, _ARG0)
+    p.op(_JSET_K, CLONE_NAMESPACES, "eperm", 0)
+    p.op(_RET_K, SECCOMP_RET_ALLOW)
+    p.label("socket")
+    p.op(_LD_W_ABS, _ARG0)
+    for family in families:
+        p.op(_JEQ_K, family, "allow", 0)
+    p.op(_RET_K, SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT)
+    p.label("allow")
+    p.op(_RET_K, SECCOMP_RET_ALLOW)
+    p.label("eperm")
+    p.op(_RET_K, SECCOMP_RET_ERRNO | errno.EPERM)
+    p.label("enosys")
+    p.op(_RET_K, SECCOMP_RET_ERRNO | errno.ENOSYS)
+    p.label("kill")
+    p.op(_RET_K, SECCOMP_RET_KILL_PROCESS)
+    return p.assemble()
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _install_seccomp(program: bytes) -> None:
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+           "seccomp")  # fmt: skip
+
+
+# --- the new root ----------------------------------------------------------------
+
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2"}  # fmt: skip
+PASSWD = f"app:x:{APP_UID}:{APP_UID}:sealed app:/enclave/app:/usr/sbin/nologin\n"
+GROUP = f"app:x:{APP_UID}:\n"
+
+
+def _makedirs(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _bind(source: str, target: str, *, writable: bool) -> None:
+    if os.path.isdir(source):
+        _makedirs(target)
+    else:
+        _makedirs(os.path.dirname(target))
+        with open(target, "a"):
+            pass
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID
+    for st_flag, ms_flag in _ST_FLAGS.items():
+        if os.statvfs(target).f_flag & st_flag:
+            flags |= ms_flag
+    if not writable:
+        flags |= MS_RDONLY
+    if source not in ("/dev/" + d for d in DEVICES):
+        flags |= MS_NODEV
+    _mount(None, target, None, flags)
+
+
+def _tmpfs(target: str, size_mib: int, mode: int, flags: int = MS_NOSUID | MS_NODEV) -> None:
+    _makedirs(target)
+    _mount("tmpfs", target, "tmpfs", flags, f"size={size_mib}m,mode={mode:o}")
+
+
+class Spec:
+    """What the server asks for, parsed from the launcher's command line (see :func:`parse`)."""
+
+    def __init__(self) -> None:
+        self.status_fd = -1
+        self.root = "/tmp"  # noqa: S108 - a mount point in the jail's own mount namespace
+        self.uid = self.gid = 0
+        self.processes = 256
+        self.tmp_mib = self.shm_mib = 64
+        self.oom_score_adj = 1000
+        self.network = False
+        self.cwd = "/"
+        self.ro: list[str] = []
+        self.rw: list[tuple[str, str]] = []
+        self.links: list[tuple[str, str]] = []
+        self.env: dict[str, str] = {}
+        self.argv: list[str] = []
+
+
+_INT_OPTIONS = {
+    "--status-fd": "status_fd", "--uid": "uid", "--gid": "gid", "--processes": "processes",
+    "--tmp-mib": "tmp_mib", "--shm-mib": "shm_mib", "--oom-score-adj": "oom_score_adj",
+}  # fmt: skip
+
+
+def parse(args: list[str]) -> Spec:
+    """``--opt VALUE ... -- APP_ARGV``: flat strings, so the server can pass anything
+    execve can (and parsing needs no JSON module)."""
+    spec = Spec()
+    i = 0
+    while i < len(args):
+        option = args[i]
+        if option == "--":
+            spec.argv = args[i + 1 :]
+            break
+        if option == "--network":
+            spec.network = True
+            i += 1
+            continue
+        if option in _INT_OPTIONS:
+            setattr(spec, _INT_OPTIONS[option], int(args[i + 1]))
+            i += 2
+        elif option in ("--root", "--cwd"):
+            setattr(spec, option[2:], args[i + 1])
+            i += 2
+        elif option == "--ro":
+            spec.ro.append(args[i + 1])
+            i += 2
+        elif option in ("--rw", "--link"):
+            (spec.rw if option == "--rw" else spec.links).append((args[i + 1], args[i + 2]))
+            i += 3
+        elif option == "--env":
+            name, _, value = args[i + 1].partition("=")
+            spec.env[name] = value
+            i += 2
+        else:
+            raise SetupError(f"unknown jail option {option!r}")
+    if not spec.argv or spec.status_fd < 0:
+        raise SetupError("the jail needs --status-fd and an app command after --")
+    return spec
+
+
+def build_root(spec: Spec) -> int:
+    """Assemble the app's root at ``spec.root`` and switch into it.
+
+    Returns a descriptor of a private read-write ``/proc`` (already detached
+    from every path) through which the init writes its own id maps after it
+    has left the server's user namespace; the app's own ``/proc`` is
+    read-only (on a host where the app's kernel uid is root, sysctls check
+    only the owner).
+    """
+    root = spec.root
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _tmpfs(root, 4, 0o755)
+    for tree in spec.ro:
+        _bind(tree, root + tree, writable=False)
+    for link, target in spec.links:
+        os.symlink(target, root + link)
+    for source, target in spec.rw:
+        _bind(source, root + target, writable=True)
+    os.makedirs(root + "/etc", exist_ok=True)
+    for name, text in (("passwd", PASSWD), ("group", GROUP)):
+        with open(f"{root}/etc/{name}", "w") as f:
+            f.write(text)
+    _tmpfs(root + "/tmp", spec.tmp_mib, 0o1777)  # noqa: S108 - the jail's own
+    _tmpfs(root + "/dev", 1, 0o755, MS_NOSUID | MS_NOEXEC)
+    for device in DEVICES:
+        _bind("/dev/" + device, f"{root}/dev/{device}", writable=True)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"{root}/dev/{name}")
+    _tmpfs(root + "/dev/shm", spec.shm_mib, 0o1777)  # noqa: S108 - the jail's own
+    proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _makedirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", proc_flags | MS_RDONLY)
+    _makedirs(root + "/.proc-rw")
+    _mount("proc", root + "/.proc-rw", "proc", proc_flags)
+    proc_rw = os.open(root + "/.proc-rw", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    _check(_libc.umount2(f"{root}/.proc-rw".encode(), MNT_DETACH), "detach the private /proc")
+    os.rmdir(root + "/.proc-rw")
+    _makedirs(root + "/.old-root")
+    _pivot_root(root, root + "/.old-root")
+    os.chdir("/")
+    _check(_libc.umount2(b"/.old-root", MNT_DETACH), "detach the old root")
+    os.rmdir("/.old-root")
+    _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return proc_rw
+
+
+def _pivot_root(new_root: str, put_old: str) -> None:
+    number = _SYSCALLS[os.uname().machine]["pivot_root"]
+    if _libc.syscall(number, new_root.encode(), put_old.encode()) != 0:
+        raise SetupError(f"pivot_root: {os.strerror(ctypes.get_errno())}")
+
+
+def _write_proc(proc: int, name: str, text: str) -> None:
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise SetupError(f"write /proc/{name}: {e.strerror}") from None
+
+
+def drop_authority(spec: Spec, proc: int) -> None:
+    """Steps 2-4 of the module docstring, in the order the kernel allows them."""
+    _write_proc(proc, "self/oom_score_adj", str(spec.oom_score_adj))
+    uid, gid = spec.uid, spec.gid
+    if set(os.getgroups()) - {gid}:
+        os.setgroups([])  # (in a user namespace with setgroups denied there are none to drop)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # Mapping the parent's uid 0 needs CAP_SETFCAP at this point (Linux >= 5.12):
+    # the local server keeps it; on Nitro uid is not 0 here.
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare the user namespace")
+    _write_proc(proc, "self/setgroups", "deny")
+    _write_proc(proc, "self/uid_map", f"{APP_UID} {uid} 1")
+    _write_proc(proc, "self/gid_map", f"{APP_UID} {gid} 1")
+    os.close(proc)
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clear ambient capabilities")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
+    # RLIMIT_NPROC counts the tasks of this user namespace's uid: the run's own.
+    resource.setrlimit(resource.RLIMIT_NPROC, (spec.processes, spec.processes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.umask(0o002)
+
+
+# --- the two processes -----------------------------------------------------------
+
+
+def _fail(status_fd: int, message: str) -> None:
+    try:
+        os.write(status_fd, message.encode(errors="replace")[:4096])
+    finally:
+        os._exit(SETUP_FAILED)
+
+
+def init(spec: Spec, alive_fd: int) -> None:
+    """PID 1 of the jail: set up, then become the app (never returns)."""
+    try:
+        proc = build_root(spec)
+        drop_authority(spec, proc)
+        os.chdir(spec.cwd)
+        # armed last: every credential change above clears the parent-death signal
+        _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
+        try:  # the launcher holds the pipe's write end: EOF means it died before we armed
+            if os.read(alive_fd, 1) == b"":
+                os._exit(SETUP_FAILED)
+        except BlockingIOError:
+            pass
+        os.close(alive_fd)
+        os.set_inheritable(spec.status_fd, False)  # closed by exec: EOF = the app started
+        _install_seccomp(seccomp_filter(os.uname().machine, network=spec.network))
+    except (SetupError, OSError, ValueError) as e:
+        _fail(spec.status_fd, f"the app sandbox could not be set up: {e}")
+    try:
+        os.execve(spec.argv[0], spec.argv, spec.env)  # noqa: S606 - the app, no shell
+    except OSError as e:
+        _fail(spec.status_fd, f"cannot start {spec.argv[0]}: {e.strerror}")
+
+
+def launch(spec: Spec) -> int:
+    """The launcher: new namespaces, fork the init, wait, report its status."""
+    _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
+    _prctl(PR_SET_DUMPABLE, 0, "not dumpable")
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
+    _check(_libc.unshare(flags), "unshare namespaces")
+    alive_read, alive_write = os.pipe()
+    os.set_blocking(alive_read, False)
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_write)
+        init(spec, alive_read)
+    os.close(alive_read)
+    os.close(spec.status_fd)
+    # only the app's processes hold its output pipes: EOF comes when the last one is gone
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    _signal.signal(_signal.SIGTERM, lambda *_: os.kill(pid, _signal.SIGKILL))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return SETUP_FAILED
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        # die of the app's signal, so the server reports what killed the app
+        _signal.signal(os.WTERMSIG(status), _signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status)
+
+
+def main(args: list[str]) -> int:
+    try:
+        spec = parse(args)
+    except (SetupError, ValueError, IndexError) as e:
+        sys.stderr.write(f"jail: bad command line: {e}\n")
+        return SETUP_FAILED
+    try:
+        return launch(spec)
+    except (SetupError, OSError) as e:
+        _fail(spec.status_fd, f"the app sandbox could not be set up: {e}")
+    return SETUP_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
