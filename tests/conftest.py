@@ -41,7 +41,7 @@ def kms_client(workspace: Workspace, key_service: str) -> Callable[[str], Any]:
         ident = workspace.identity(identity)
         return boto3.session.Session().client(
             "kms",
-            region_name="eu-west-1",  # any region name is accepted
+            region_name=workspace.config.region,  # the key service refuses any other
             endpoint_url=key_service,
             aws_access_key_id=ident.access_key_id,
             aws_secret_access_key=ident.secret_access_key,

@@ -100,6 +100,22 @@ class AccessDeniedError(EvidenceError):
     exit_code = 5
 
 
+class CredentialError(AccessDeniedError):
+    """The key service refused the credentials themselves, before any policy was looked at.
+
+    A bad or unsigned signature, an unknown access key, an expired session
+    token, a credential scoped to another region or service. Kept apart from a
+    policy denial so that a run reports "the credentials were refused", not
+    "the image is not approved".
+    """
+
+    default_hint = (
+        "the key service did not accept the request's signature or credentials; "
+        "a run's session credentials last 15 minutes (start the run again), and the "
+        "region and key-service endpoint must match the workspace configuration"
+    )
+
+
 # --- unavailable services -----------------------------------------------------
 
 

@@ -3,7 +3,11 @@
 On the local target the CLI reaches the embedded key service through this same
 client, pointed at the workspace endpoint with a workspace identity, so both
 targets share one code path. botocore errors are translated here into
-Strongroom errors, with hints that say what to do.
+Strongroom errors, with hints that say what to do. A refused signature or
+credential (bad signature, unknown access key, expired session token, wrong
+region) becomes :class:`~strongroom.errors.CredentialError`, never a policy
+denial: inside a run that is the difference between "the run's credentials
+were refused" and "the image is not approved".
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import botocore.exceptions
 from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
+    CredentialError,
     InvalidInputError,
     NotFoundError,
     ServiceError,
@@ -50,19 +55,40 @@ _CLIENT_ERRORS: dict[str, type[StrongroomError]] = {
     "DisabledException": KeyStateError,
     "ValidationException": InvalidInputError,
     "MalformedPolicyDocumentException": InvalidInputError,
-    "InvalidSignatureException": AccessDeniedError,
-    "UnrecognizedClientException": AccessDeniedError,
     "DependencyTimeoutException": UnavailableError,
     "KMSInternalException": ServiceError,
 }
+
+#: Error codes (KMS's JSON names and STS's query names) that refuse the credentials.
+CREDENTIAL_ERROR_CODES = frozenset(
+    {
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "IncompleteSignature",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "MissingAuthenticationTokenException",
+        "MissingAuthenticationToken",
+    }
+)
 
 
 class KmsKeyService:
     """KeyService backed by a boto3 KMS client."""
 
-    def __init__(self, client: Any, *, not_running_hint: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        not_running_hint: str | None = None,
+        credentials_label: str = "the credentials",
+    ) -> None:
         self._client = client
         self._not_running_hint = not_running_hint
+        self._credentials_label = credentials_label
 
     @classmethod
     def connect(
@@ -72,9 +98,15 @@ class KmsKeyService:
         endpoint_url: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        session_token: str | None = None,
         not_running_hint: str | None = None,
+        credentials_label: str = "the credentials",
     ) -> KmsKeyService:
-        """A client for ``endpoint_url`` (None: AWS), with explicit or chained credentials."""
+        """A client for ``endpoint_url`` (None: AWS), with explicit or chained credentials.
+
+        ``credentials_label`` names the credentials in a :class:`CredentialError`
+        ("the run's credentials" inside an enclave).
+        """
         config = botocore.config.Config(
             retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
@@ -85,9 +117,10 @@ class KmsKeyService:
             endpoint_url=endpoint_url,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
             config=config,
         )
-        return cls(client, not_running_hint=not_running_hint)
+        return cls(client, not_running_hint=not_running_hint, credentials_label=credentials_label)
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         try:
@@ -98,6 +131,10 @@ class KmsKeyService:
         except botocore.exceptions.ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             message = e.response.get("Error", {}).get("Message", "") or str(e)
+            if code in CREDENTIAL_ERROR_CODES:
+                raise CredentialError(
+                    f"{self._credentials_label} were refused by the key service: {message} ({code})"
+                ) from e
             error_class = _CLIENT_ERRORS.get(code, ServiceError)
             raise error_class(f"{message} ({code})") from e
         except botocore.exceptions.EndpointConnectionError as e:

@@ -13,6 +13,11 @@ Rules that mirror AWS KMS:
 - CreateKey/ListKeys/ListAliases/GenerateRandom are account operations that
   any authenticated principal may call (there are no IAM identity policies
   locally — the key policy is the only policy);
+- a caller with session credentials carries the session policy it was issued
+  with: every operation, account operations included, must be allowed by the
+  key policy **and** by the session policy (which can therefore only narrow;
+  AWS lets a key policy that names the session ARN itself bypass the session
+  policy, which we never do, so a local session is never broader than on AWS);
 - with a ``Recipient``, the attestation document is verified first and its
   measurements become ``kms:RecipientAttestation:*`` condition keys; the
   result is returned only as ``CiphertextForRecipient`` (never ``Plaintext``);
@@ -23,6 +28,7 @@ Rules that mirror AWS KMS:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -58,6 +64,10 @@ from strongroom.policy import Decision, PolicyDocument, RequestContext, evaluate
 MAX_PLAINTEXT = 4096
 MAX_DATA_KEY_BYTES = 1024
 MIN_PENDING_DAYS, MAX_PENDING_DAYS = 7, 30
+MAX_ALIAS_NAME = 256
+#: KMS's alias names: ASCII letters, digits, '/', '_' and '-' after "alias/".
+_ALIAS_NAME = re.compile(r"alias/[a-zA-Z0-9/_-]+", re.ASCII)
+_RESERVED_ALIAS_PREFIX = "alias/aws/"
 
 #: Verifies a Recipient attestation document (see :mod:`strongroom.attestation.service`).
 RecipientVerifier = Callable[[bytes], RecipientAttestation]
@@ -70,6 +80,10 @@ class Caller:
     principal_arn: str
     account_id: str
     access_key_id: str = ""
+    #: For session credentials: the session's name and its inline session policy
+    #: (None: long-term credentials, or a session issued without a policy).
+    session_name: str | None = None
+    session_policy: PolicyDocument | None = None
 
 
 @dataclass
@@ -78,6 +92,8 @@ class AuditInfo:
 
     key_arn: str | None = None
     decision: Decision | None = None
+    #: Which policy made :attr:`decision`: "key" or "session".
+    decided_by: str = "key"
     attestation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -209,7 +225,9 @@ class LocalKeyService:
         )
         decision = evaluate(self._policy(record), request)
         self.audit.decision = decision
-        if not decision.allowed:
+        if decision.allowed:
+            self._authorize_session(request)
+        else:
             why = (
                 "with an explicit deny in a resource-based policy"
                 if decision.effect == "Deny"
@@ -228,6 +246,41 @@ class LocalKeyService:
                 f"kms:{action} on resource: {record.arn} {why}",
                 hint=hint or None,
             )
+
+    def _authorize_session(self, request: RequestContext) -> None:
+        """Deny what the caller's session policy does not allow (nothing, without one)."""
+        policy = self.caller.session_policy
+        if policy is None:
+            return
+        decision = evaluate(policy, request)
+        if decision.allowed:
+            return
+        self.audit.decision, self.audit.decided_by = decision, "session"
+        why = (
+            "with an explicit deny in a session policy"
+            if decision.effect == "Deny"
+            else f"because no session policy allows the {request.action} action"
+        )
+        raise AccessDeniedError(
+            f"User: {self.caller.principal_arn} is not authorized to perform: "
+            f"{request.action} on resource: {request.resource} {why}",
+            hint=f"session {self.caller.session_name!r} was issued for less than this; "
+            "ask for session credentials whose policy allows it",
+        )
+
+    def _authorize_account(self, action: str) -> None:
+        """An account operation (no key): only a session policy can deny it."""
+        if self.caller.session_policy is None:
+            return
+        self._authorize_session(
+            RequestContext(
+                action=f"kms:{action}",
+                resource="*",
+                principal_arn=self.caller.principal_arn,
+                account_id=self.caller.account_id,
+                values=self._context_values(None, None),
+            )
+        )
 
     def _usable(self, record: KeyRecord) -> None:
         if record.state != "Enabled":
@@ -291,6 +344,7 @@ class LocalKeyService:
     def create_key(
         self, *, description: str = "", policy: str | None = None, bypass_lockout: bool = False
     ) -> KeyMetadata:
+        self._authorize_account("CreateKey")
         now = self._now()
         text = policy if policy is not None else default_policy(self.caller.account_id)
         probe = KeyRecord(
@@ -319,6 +373,7 @@ class LocalKeyService:
         return self._metadata(record)
 
     def list_keys(self) -> list[KeyMetadata]:
+        self._authorize_account("ListKeys")
         return [self._metadata(r) for r in self.store.list(self.caller.account_id)]
 
     def create_alias(self, alias_name: str, key_id: str) -> None:
@@ -338,6 +393,7 @@ class LocalKeyService:
         self.store.set_alias(self.caller.account_id, alias_name, None)
 
     def list_aliases(self, key_id: str | None = None) -> list[Alias]:
+        self._authorize_account("ListAliases")
         target = self._resolve(key_id).key_id if key_id else None
         names = self.store.aliases().get(self.caller.account_id, {})
         return [
@@ -478,6 +534,7 @@ class LocalKeyService:
         self, number_of_bytes: int, *, recipient: Recipient | None = None
     ) -> RandomBytes:
         _check_size("NumberOfBytes", number_of_bytes, MAX_DATA_KEY_BYTES)
+        self._authorize_account("GenerateRandom")
         attestation = self._attest(recipient)
         data = secrets.token_bytes(number_of_bytes)
         if attestation is not None:
@@ -568,16 +625,19 @@ class AliasNameError(InvalidInputError):
 
 
 def _check_alias_name(name: str) -> None:
-    if not name.startswith("alias/") or name.startswith("alias/aws/") or len(name) > 256:
+    """KMS's rule, to the letter: lookalike Unicode letters would make aliases that
+    read the same and name different keys."""
+    shown = ascii(name[:64])
+    if len(name) > MAX_ALIAS_NAME or name.startswith(_RESERVED_ALIAS_PREFIX):
         raise AliasNameError(
-            f"invalid alias name {name!r}",
-            hint="alias names start with 'alias/' and may not start with 'alias/aws/'",
+            f"invalid alias name {shown}",
+            hint=f"at most {MAX_ALIAS_NAME} characters, not starting with "
+            f"'{_RESERVED_ALIAS_PREFIX}'",
         )
-    body = name[len("alias/") :]
-    if not body or not all(c.isalnum() or c in "/_-" for c in body):
+    if not _ALIAS_NAME.fullmatch(name):
         raise AliasNameError(
-            f"invalid alias name {name!r}",
-            hint="use letters, digits, '/', '_' and '-' after 'alias/'",
+            f"invalid alias name {shown}",
+            hint="alias names are 'alias/' followed by ASCII letters, digits, '/', '_' and '-'",
         )
 
 

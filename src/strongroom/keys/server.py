@@ -13,10 +13,12 @@ whatever the outcome. A bad request never stops the server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +28,7 @@ from typing import Any
 from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
+    ConfigError,
     InvalidInputError,
     NotFoundError,
     StrongroomError,
@@ -48,7 +51,22 @@ from strongroom.keys.local import (
     RecipientVerifier,
 )
 from strongroom.keys.store import KeyStore
-from strongroom.policy import PolicyError
+from strongroom.keys.sts import (
+    FORM_CONTENT_TYPE,
+    SESSION_ACCESS_KEY_PREFIX,
+    STS_SIGNATURE_CODES,
+    XML_CONTENT_TYPE,
+    LocalSts,
+    SessionRecord,
+    SessionStore,
+    StsCaller,
+    StsError,
+    StsResult,
+    error_body,
+    parse_form,
+    roles_from,
+)
+from strongroom.policy import PolicyDocument, PolicyError
 
 log = logging.getLogger("strongroom.keys")
 
@@ -57,6 +75,12 @@ log = logging.getLogger("strongroom.keys")
 MAX_BODY = 512 * 1024
 CONTENT_TYPE = b"application/x-amz-json-1.1"
 TARGET_PREFIX = "TrentService."
+#: Deepest JSON nesting accepted (KMS's own requests nest three levels at most).
+MAX_JSON_DEPTH = 32
+#: A request body must have arrived this long after its headers.
+BODY_TIMEOUT_S = 10.0
+#: Longest client-chosen name (operation, content type) copied into logs and errors.
+MAX_LOGGED_NAME = 128
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -437,7 +461,13 @@ OPERATIONS: Mapping[str, Callable[[LocalKeyService, Params], Params]] = {
 
 
 class KmsApplication:
-    """The ASGI application. ``callers`` maps access key ids to (secret, Caller)."""
+    """The ASGI application: KMS (JSON 1.1) and STS (query) on one endpoint.
+
+    ``callers`` maps long-term access key ids to (secret, Caller); sessions
+    issued by STS are looked up in ``sessions``. The protocol is chosen by the
+    signed ``Content-Type``: a form body is STS, anything else must be KMS's
+    ``application/x-amz-json-1.1``.
+    """
 
     def __init__(
         self,
@@ -447,12 +477,18 @@ class KmsApplication:
         *,
         region: str,
         verify_recipient: RecipientVerifier | None = None,
+        sessions: SessionStore | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.callers = dict(callers)
         self.audit = audit
         self.region = region
         self.verify_recipient = verify_recipient
+        self.sessions = sessions
+        self.roles = roles_from({c.principal_arn: c.account_id for _, c in self.callers.values()})
+        self._now = now
+        self._session_policies: dict[str, PolicyDocument] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -461,51 +497,68 @@ class KmsApplication:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        status, body = 200, b"{}"
-        try:
-            raw = await _read_body(receive, headers)
-            status, payload = self.handle(scope, headers, raw)
-            body = json.dumps(payload).encode()
-        except KmsError as e:
-            status, body = (
-                e.status,
-                json.dumps({"__type": e.kms_type, "message": e.message}).encode(),
-            )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-amzn-requestid", str(uuid.uuid4()).encode()),
-                ],
-            }
-        )
+        headers = _headers(scope)
+        request_id = str(uuid.uuid4())
+        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media == FORM_CONTENT_TYPE:
+            status, body, content_type = await self._serve_sts(scope, receive, headers, request_id)
+        else:
+            status, body, content_type = await self._serve_kms(scope, receive, headers)
+        response_headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-amzn-requestid", request_id.encode()),
+        ]
+        if status in (408, 413):
+            response_headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
         log.debug("%s %.1f ms", headers.get("x-amz-target"), (time.perf_counter() - started) * 1e3)
 
+    # --- KMS ------------------------------------------------------------------------
+
+    async def _serve_kms(
+        self, scope: Scope, receive: Receive, headers: dict[str, str]
+    ) -> tuple[int, bytes, bytes]:
+        try:
+            raw = await _read_body(receive, headers)
+            status, payload = self.handle(scope, headers, raw)
+            return status, json.dumps(payload).encode(), CONTENT_TYPE
+        except KmsError as e:
+            error = {"__type": e.kms_type, "message": e.message}
+            return e.status, json.dumps(error).encode(), CONTENT_TYPE
+
     def handle(self, scope: Scope, headers: dict[str, str], raw: bytes) -> tuple[int, Params]:
-        """Authenticate, dispatch and audit one request. Raises KmsError for the reply."""
+        """Authenticate, dispatch and audit one KMS request. Raises KmsError for the reply."""
         if scope["method"] != "POST" or scope["path"] != "/":
             raise KmsError("UnknownOperationException", "only POST / is served", status=404)
         target = headers.get("x-amz-target", "")
         operation = target.removeprefix(TARGET_PREFIX)
         event: dict[str, Any] = {
-            "time": datetime.now(UTC).isoformat(),
-            "operation": operation or None,
+            "time": self._now().isoformat(),
+            "operation": operation[:MAX_LOGGED_NAME] or None,
             "source": _client(scope),
         }
         service: LocalKeyService | None = None
         failure: KmsError | None = None
         result: Params = {}
         try:
-            caller = self._authenticate(scope, headers, raw)
+            caller = self._authenticate_kms(scope, headers, raw)
             event["caller"] = caller.principal_arn
             event["account"] = caller.account_id
+            if caller.session_name is not None:
+                event["session"] = caller.session_name
+            media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != CONTENT_TYPE.decode():
+                raise KmsError(
+                    "UnknownOperationException",
+                    f"KMS requests must have Content-Type {CONTENT_TYPE.decode()}, "
+                    f"not {headers.get('content-type', '(none)')[:MAX_LOGGED_NAME]!r}",
+                )
             if not target.startswith(TARGET_PREFIX) or operation not in OPERATIONS:
-                raise KmsError("UnknownOperationException", f"unknown operation {target!r}")
+                raise KmsError(
+                    "UnknownOperationException", f"unknown operation {target[:MAX_LOGGED_NAME]!r}"
+                )
             params = _parse_json(raw)
             service = LocalKeyService(
                 self.store, caller, region=self.region, verify_recipient=self.verify_recipient
@@ -516,7 +569,7 @@ class KmsApplication:
         except StrongroomError as e:
             failure = kms_error_for(e)
         except Exception:
-            log.exception("internal error in %s", operation)
+            log.exception("internal error in %s", operation[:MAX_LOGGED_NAME])
             failure = KmsError("KMSInternalException", "internal error", status=500)
         if service is not None:
             _describe_audit(event, service)
@@ -531,21 +584,149 @@ class KmsApplication:
             raise failure
         return 200, result
 
-    def _authenticate(self, scope: Scope, headers: dict[str, str], raw: bytes) -> Caller:
-        request = sigv4.SignedRequest(
-            method=scope["method"],
-            path=scope["path"],
-            query=scope.get("query_string", b"").decode("latin-1"),
-            headers=headers,
-            body=raw,
+    def _authenticate_kms(self, scope: Scope, headers: dict[str, str], raw: bytes) -> Caller:
+        signed = sigv4.verify(
+            _signed_request(scope, headers, raw),
+            self._signing_key,
+            service=sigv4.KMS,
+            region=self.region,
+            now=self._now(),
+        )
+        entry = self.callers.get(signed.access_key_id)
+        if entry is not None:
+            return entry[1]
+        session = self._session(signed.access_key_id)
+        assert session is not None  # the verifier found it a moment ago
+        return Caller(
+            session.principal_arn,
+            session.account_id,
+            session.access_key_id,
+            session_name=session.name,
+            session_policy=self._session_policy(session.policy),
         )
 
-        def secret_of(access_key: str) -> str | None:
-            entry = self.callers.get(access_key)
-            return entry[0] if entry else None
+    def _session_policy(self, text: str | None) -> PolicyDocument | None:
+        if text is None:
+            return None
+        cached = self._session_policies.get(text)
+        if cached is None:
+            cached = PolicyDocument.parse(text, kind="session")  # validated when issued
+            self._session_policies[text] = cached
+        return cached
 
-        signed = sigv4.verify(request, secret_of)
-        return self.callers[signed.access_key_id][1]
+    # --- credentials ----------------------------------------------------------------
+
+    def _session(self, access_key_id: str) -> SessionRecord | None:
+        if self.sessions is None or not access_key_id.startswith(SESSION_ACCESS_KEY_PREFIX):
+            return None
+        try:
+            session = self.sessions.get(access_key_id)
+        except ConfigError as e:
+            log.warning("%s", e.message)
+            return None
+        # a session lives only as long as the identity that asked for it
+        if session is None or session.parent_access_key_id not in self.callers:
+            return None
+        return session
+
+    def _signing_key(self, access_key_id: str) -> sigv4.SigningKey | None:
+        entry = self.callers.get(access_key_id)
+        if entry is not None:
+            return sigv4.SigningKey(entry[0])
+        session = self._session(access_key_id)
+        if session is None:
+            return None
+        return sigv4.SigningKey(
+            session.secret_access_key, session.session_token, expires=session.expires
+        )
+
+    # --- STS ------------------------------------------------------------------------
+
+    async def _serve_sts(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], request_id: str
+    ) -> tuple[int, bytes, bytes]:
+        event: dict[str, Any] = {
+            "time": self._now().isoformat(),
+            "operation": None,
+            "source": _client(scope),
+        }
+        try:
+            try:
+                raw = await _read_body(receive, headers)
+            except KmsError as e:
+                raise StsError(
+                    "ValidationError" if e.status != 408 else "RequestTimeout", e.message, e.status
+                ) from None
+            result = self.handle_sts(scope, headers, raw, event)
+            event["outcome"] = "allowed"
+            status, body = 200, result.body(request_id)
+        except StsError as e:
+            denied = e.code == "AccessDenied"
+            event.update(outcome="denied" if denied else "error", error=e.code, message=e.message)
+            status, body = e.status, error_body(e, request_id)
+        except Exception:
+            log.exception("internal error in STS %s", event.get("operation"))
+            event.update(outcome="error", error="InternalFailure")
+            status = 500
+            body = error_body(StsError("InternalFailure", "internal error", 500), request_id)
+        if event.get("operation") is not None or event.get("caller") is not None:
+            self.audit.append(event)
+        return status, body, XML_CONTENT_TYPE
+
+    def handle_sts(
+        self, scope: Scope, headers: dict[str, str], raw: bytes, event: dict[str, Any]
+    ) -> StsResult:
+        """Authenticate and run one STS request; fills ``event`` for the audit log."""
+        if scope["method"] != "POST" or scope["path"] != "/":
+            raise StsError("InvalidAction", "only POST / is served", 404)
+        params = parse_form(raw, scope.get("query_string", b"").decode("latin-1"))
+        event["operation"] = f"sts:{params.get('Action', '')[:MAX_LOGGED_NAME]}"
+        try:
+            signed = sigv4.verify(
+                _signed_request(scope, headers, raw),
+                self._signing_key,
+                service=sigv4.STS,
+                region=self.region,
+                now=self._now(),
+            )
+        except sigv4.SignatureError as e:
+            code, status = STS_SIGNATURE_CODES.get(e.kms_type, ("SignatureDoesNotMatch", 403))
+            raise StsError(code, e.message, status) from None
+        caller = self._sts_caller(signed.access_key_id)
+        event["caller"] = caller.principal_arn
+        event["account"] = caller.account_id
+        if caller.session is not None:
+            event["session"] = caller.session.name
+        assert self.sessions is not None  # _sts_caller found the identity
+        sts = LocalSts(self.sessions, self.roles, now=self._now())
+        result = sts.dispatch(caller, params)
+        event.update(result.audit)
+        return result
+
+    def _sts_caller(self, access_key_id: str) -> StsCaller:
+        if self.sessions is None:
+            raise StsError("InvalidAction", "this key service issues no sessions", 400)
+        entry = self.callers.get(access_key_id)
+        if entry is not None:
+            caller = entry[1]
+            return StsCaller(caller.principal_arn, caller.account_id, access_key_id)
+        session = self._session(access_key_id)
+        assert session is not None  # the verifier found it a moment ago
+        return StsCaller(session.principal_arn, session.account_id, access_key_id, session)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _signed_request(scope: Scope, headers: dict[str, str], raw: bytes) -> sigv4.SignedRequest:
+    return sigv4.SignedRequest(
+        method=scope["method"],
+        path=scope["path"],
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=raw,
+    )
 
 
 def _describe_audit(event: dict[str, Any], service: LocalKeyService) -> None:
@@ -554,14 +735,47 @@ def _describe_audit(event: dict[str, Any], service: LocalKeyService) -> None:
     if info.decision is not None:
         event["decision"] = info.decision.effect
         event["statement"] = info.decision.statement_sid
+        if info.decided_by != "key":
+            event["decided_by"] = f"{info.decided_by} policy"
     if info.attestation is not None:
         event["attestation"] = info.attestation
 
 
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests arrays/objects deeper than ``limit``.
+
+    Run before decoding: Python's decoder recurses once per level and a body of
+    a few hundred KB of ``[`` exhausts the stack. Legitimate KMS bodies nest two
+    or three levels and their blobs are base64 (no brackets), so the counting
+    pass below is skipped unless the body holds more brackets than ``limit``.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for token in _JSON_NESTING.finditer(raw):
+        char = token.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+# A string (with escapes) is skipped whole; brackets outside strings are counted.
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+
+
 def _parse_json(raw: bytes) -> Params:
+    if json_depth_exceeds(raw, MAX_JSON_DEPTH):
+        raise KmsError(
+            "SerializationException",
+            f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+        )
     try:
         params = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise KmsError("SerializationException", "the request body is not valid JSON") from None
     if not isinstance(params, dict):
         raise KmsError("SerializationException", "the request body must be a JSON object")
@@ -574,22 +788,31 @@ def _client(scope: Scope) -> str | None:
 
 
 async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
+    """The whole body, at most :data:`MAX_BODY` bytes, within :data:`BODY_TIMEOUT_S`."""
     declared = headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
         raise KmsError("ValidationException", f"request body larger than {MAX_BODY} bytes", 413)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise KmsError("ValidationException", "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise KmsError("ValidationException", f"request body larger than {MAX_BODY} bytes", 413)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise KmsError("ValidationException", "client disconnected")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise KmsError(
+                        "ValidationException", f"request body larger than {MAX_BODY} bytes", 413
+                    )
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise KmsError(
+            "RequestTimeoutException", f"the body did not arrive within {BODY_TIMEOUT_S:g} s", 408
+        ) from None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

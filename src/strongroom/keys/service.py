@@ -2,9 +2,11 @@
 
 ``serve`` binds the listening socket itself (so the port is known and taken
 before anything is recorded), records the service in the workspace, and runs
-the KMS-compatible ASGI app under uvicorn until stopped. ``connect`` returns
-the KeyService a command should use: boto3 against the workspace endpoint on
-the local target, boto3 against AWS KMS on the aws target.
+the KMS- and STS-compatible ASGI app under uvicorn, with the bounded protocol
+of :mod:`strongroom.keys._protocol` (request-read deadline, connection cap,
+head size), until stopped. ``connect`` returns the KeyService a command should
+use: boto3 against the workspace endpoint on the local target, boto3 against
+AWS KMS on the aws target.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from strongroom._internal import services
 from strongroom.attestation.service import RecipientAttestation
@@ -24,11 +27,13 @@ from strongroom.errors import (
     UnavailableError,
     UsageError,
 )
+from strongroom.keys._protocol import BoundedHttpProtocol, connection_cap
 from strongroom.keys.audit import AuditLog
 from strongroom.keys.aws import KmsKeyService
 from strongroom.keys.local import Caller, RecipientVerifier
 from strongroom.keys.server import KmsApplication
 from strongroom.keys.store import KeyStore
+from strongroom.keys.sts import SessionStore
 from strongroom.transport import base as transport
 from strongroom.workspace import Workspace
 
@@ -38,6 +43,8 @@ START_TIMEOUT_S = 20.0
 #: KMS rejects Recipient attestation documents older than this.
 RECIPIENT_MAX_AGE = timedelta(minutes=5)
 LISTEN_BACKLOG = 512
+#: Idle kept-alive connections are closed after this many seconds (SDKs reconnect).
+KEEP_ALIVE_S = 15
 NOT_RUNNING_HINT = "start it with `strongroom keys serve --detach` (or `strongroom keys serve &`)"
 
 
@@ -90,7 +97,13 @@ def build_app(ws: Workspace) -> KmsApplication:
         AuditLog(ws.audit_log),
         region=ws.config.region,
         verify_recipient=recipient_verifier(ws),
+        sessions=SessionStore(sessions_dir(ws)),
     )
+
+
+def sessions_dir(ws: Workspace) -> Path:
+    """Where the key service keeps the STS sessions it issued (files 0600)."""
+    return ws.keys_dir / "sessions"
 
 
 def running(ws: Workspace) -> services.ServiceRecord | None:
@@ -120,8 +133,14 @@ def serve(ws: Workspace, listen: str | None = None, *, on_ready: Callable[[str],
         ws.run_dir, KIND, NAME, addresses={"endpoint": endpoint}, log=str(log_path)
     )
     try:
+        BoundedHttpProtocol.max_connections = connection_cap()
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+            app,
+            http=BoundedHttpProtocol,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         on_ready(endpoint)
         uvicorn.Server(config).run(sockets=[sock])
@@ -199,12 +218,8 @@ def endpoint_url(ws: Workspace) -> str:
     return host_port if host_port.startswith("unix:") else f"http://{host_port}"
 
 
-def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
-    """The KeyService a command of this workspace should use, acting as ``identity``."""
-    config = ws.config
-    if config.target == "aws":
-        # AWS: the standard credential chain decides who we are.
-        return KmsKeyService.connect(region=config.region)
+def local_endpoint(ws: Workspace) -> str:
+    """The running local key service's HTTP endpoint (which boto3 clients need)."""
     if running(ws) is None:
         raise ServiceNotRunningError("the local key service is not running", hint=NOT_RUNNING_HINT)
     endpoint = endpoint_url(ws)
@@ -213,6 +228,16 @@ def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
             "the key service listens on a unix socket; boto3 cannot reach it",
             hint="serve it on HOST:PORT to use it from the CLI",
         )
+    return endpoint
+
+
+def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
+    """The KeyService a command of this workspace should use, acting as ``identity``."""
+    config = ws.config
+    if config.target == "aws":
+        # AWS: the standard credential chain decides who we are.
+        return KmsKeyService.connect(region=config.region)
+    endpoint = local_endpoint(ws)
     ident = ws.identity(identity)
     return KmsKeyService.connect(
         region=config.region,

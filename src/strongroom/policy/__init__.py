@@ -19,6 +19,11 @@ for the account to delegate through; a role or user ARN is exactly that ARN,
 and a caller ``arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION`` is also the
 role ``NAME``. ``Service`` principals never match a caller.
 
+Session policies (STS's inline ``Policy``) are parsed by the same code with
+``kind="session"``: no ``Principal``; the key service allows a request made
+with session credentials only if the key policy allows it **and** the session
+policy does, so a session policy can only narrow.
+
 Conditions: operators are ANDed, keys under one operator are ANDed, values of
 one key are ORed; a negated operator (``StringNotEquals``, ...) holds when the
 request value matches none of them. When the request lacks the key, a positive
@@ -36,6 +41,7 @@ from strongroom.policy.document import (
     Condition,
     PolicyDocument,
     PolicyError,
+    PolicyKind,
     Principals,
     Statement,
 )
@@ -60,6 +66,7 @@ __all__ = [
     "Decision",
     "PolicyDocument",
     "PolicyError",
+    "PolicyKind",
     "Principals",
     "RequestContext",
     "Statement",

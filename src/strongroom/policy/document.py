@@ -1,5 +1,11 @@
 """Key-policy documents: parse, validate and serialise.
 
+Two kinds of document share this parser. A *key policy* (a resource policy)
+names its principals in every statement. A *session policy* (the inline
+``Policy`` of STS ``AssumeRole``/``GetFederationToken``) is an identity
+policy: it has no ``Principal`` (it applies to the session it is attached to)
+and may only narrow what the session could otherwise do.
+
 A policy is refused when it is stored, not when it is used: an unknown element,
 operator or value shape raises :class:`PolicyError`, because IAM ignores
 nothing silently either and a misspelt ``"Conditon"`` would otherwise turn a
@@ -45,6 +51,8 @@ _STATEMENT_ELEMENTS = (
     "Condition",
 )
 _PRINCIPAL_TYPES = ("AWS", "Service")
+#: Which kind of document :meth:`PolicyDocument.parse` reads.
+PolicyKind = Literal["key", "session"]
 
 # IAM names and account ids are ASCII; re.ASCII keeps \d and \w from accepting other scripts.
 _PARTITION = r"arn:aws(?:-[a-z]+)*"
@@ -151,6 +159,8 @@ class Statement:
     resources: tuple[str, ...]
     sid: str | None = None
     not_principal: bool = False
+    #: False for a session-policy statement, which has no Principal element at all.
+    names_principal: bool = True
     not_action: bool = False
     not_resource: bool = False
     conditions: tuple[Condition, ...] = ()
@@ -177,7 +187,8 @@ class Statement:
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {} if self.sid is None else {"Sid": self.sid}
         result["Effect"] = self.effect
-        result[_name("Principal", self.not_principal)] = self.principals.to_json_value()
+        if self.names_principal:
+            result[_name("Principal", self.not_principal)] = self.principals.to_json_value()
         result[_name("Action", self.not_action)] = _one_or_list(self.actions)
         result[_name("Resource", self.not_resource)] = _one_or_list(self.resources)
         if self.conditions:
@@ -199,8 +210,8 @@ class PolicyDocument:
     id: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> PolicyDocument:
-        """Parse and validate a key policy; raises :class:`PolicyError`."""
+    def parse(cls, text: str, *, kind: PolicyKind = "key") -> PolicyDocument:
+        """Parse and validate a key policy (or a session policy); raises :class:`PolicyError`."""
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > MAX_POLICY_BYTES:
             raise PolicyError(
@@ -213,10 +224,10 @@ class PolicyDocument:
             raise PolicyError(
                 f"key policy is not valid JSON: {error}", hint="check it with `python -m json.tool`"
             ) from None
-        return cls._from_json(data)
+        return cls._from_json(data, kind)
 
     @classmethod
-    def _from_json(cls, data: object) -> PolicyDocument:
+    def _from_json(cls, data: object, kind: PolicyKind = "key") -> PolicyDocument:
         if not isinstance(data, dict):
             raise PolicyError("key policy must be a JSON object", hint='start with {"Version": ...')
         _reject_unknown(data, _POLICY_ELEMENTS, "key policy")
@@ -234,7 +245,7 @@ class PolicyDocument:
         for index, raw_statement in enumerate(raw_statements):
             try:
                 statements.append(
-                    _statement(raw_statement, variables=version == _VARIABLES_VERSION)
+                    _statement(raw_statement, variables=version == _VARIABLES_VERSION, kind=kind)
                 )
             except PolicyError as error:
                 raise PolicyError(
@@ -260,7 +271,7 @@ class PolicyDocument:
 # --- parsing helpers: each raises PolicyError naming the element --------------
 
 
-def _statement(data: object, *, variables: bool) -> Statement:
+def _statement(data: object, *, variables: bool, kind: PolicyKind = "key") -> Statement:
     if not isinstance(data, dict):
         raise PolicyError("must be a JSON object", hint="each statement is {...}")
     _reject_unknown(data, _STATEMENT_ELEMENTS, "")
@@ -269,14 +280,24 @@ def _statement(data: object, *, variables: bool) -> Statement:
         raise PolicyError(
             f"Effect must be 'Allow' or 'Deny', not {effect!r}", hint="the value is case-sensitive"
         )
-    principal, not_principal = _either(data, "Principal")
+    if kind == "session":
+        if "Principal" in data or "NotPrincipal" in data:
+            raise PolicyError(
+                "has a Principal, which a session policy may not have",
+                hint="a session policy applies to the session it is passed with: drop Principal",
+            )
+        principals, not_principal = Principals(everyone=True), False
+    else:
+        principal, not_principal = _either(data, "Principal")
+        principals = _principals(principal, _name("Principal", not_principal))
     action, not_action = _either(data, "Action")
     resource, not_resource = _either(data, "Resource")
     return Statement(
         effect=effect,
         sid=_optional_string(data, "Sid", ""),
-        principals=_principals(principal, _name("Principal", not_principal)),
+        principals=principals,
         not_principal=not_principal,
+        names_principal=kind == "key",
         actions=_actions(action, _name("Action", not_action)),
         not_action=not_action,
         resources=_resources(resource, _name("Resource", not_resource), variables=variables),

@@ -214,7 +214,9 @@ def _signed_request(
         headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target},
     )
     signer = SigV4Auth(
-        Credentials(ident.access_key_id, secret or ident.secret_access_key), "kms", "us-east-1"
+        Credentials(ident.access_key_id, secret or ident.secret_access_key),
+        "kms",
+        ws.config.region,
     )
     if when is not None:
         from unittest import mock
@@ -237,7 +239,7 @@ def test_bad_requests_get_kms_errors_and_server_keeps_serving(
     r = httpx.post(
         key_service + "/", content=b"{}", headers={"X-Amz-Target": "TrentService.ListKeys"}
     )
-    assert r.status_code == 400 and code(r) == "MissingAuthenticationToken"
+    assert r.status_code == 400 and code(r) == "MissingAuthenticationTokenException"
     r = _signed_request(workspace, key_service, "TrentService.ListKeys", b"{}", secret="wrong" * 8)
     assert code(r) == "InvalidSignatureException"
     old = datetime.now(UTC) - timedelta(minutes=10)
