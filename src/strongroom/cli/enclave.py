@@ -38,9 +38,17 @@ def _when(status: EnclaveStatus) -> str:
     return "" if status.started_at is None else status.started_at.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _responding(status: EnclaveStatus) -> str:
+    """``yes``/``NO`` for a probed (RUNNING) enclave, empty for the others."""
+    if status.responding is None:
+        return ""
+    return "yes" if status.responding else "NO"
+
+
 def _render_detail(status: EnclaveStatus) -> None:
     rows: list[tuple[str, Any]] = [
         ("state", status.state),
+        ("responding", _responding(status)),
         ("id", status.enclave_id),
         ("image", status.image),
         ("resources", f"{status.cpus} CPU(s), {status.memory_mib} MiB"),
@@ -165,7 +173,9 @@ def status_command(app: AppContext, name: str | None) -> None:
 
     \b
     States: STARTING, RUNNING, STOPPED (ended with code 0), FAILED (exit code,
-    signal, or out of memory: see the reason).
+    signal, or out of memory: see the reason). A RUNNING enclave's server is
+    asked to answer on its control socket: "responding NO" means it is
+    stopped, wedged or out of memory (see the reason); stop and restart it.
 
     \b
     Examples:
@@ -183,11 +193,12 @@ def status_command(app: AppContext, name: str | None) -> None:
             _render_detail(statuses[0])
             return
         emit_table(
-            ["name", "state", "pid", "cpus", "memory", "debug", "started", "reason"],
+            ["name", "state", "responding", "pid", "cpus", "memory", "debug", "started", "reason"],
             [
                 (
                     s.name,
                     s.state,
+                    _responding(s),
                     s.pid,
                     s.cpus,
                     f"{s.memory_mib} MiB",

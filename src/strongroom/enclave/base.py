@@ -11,7 +11,8 @@ What every runtime guarantees to its callers:
   and returns only once the enclave server answers on the control channel;
 - an enclave's name is unique among the running enclaves of a workspace;
 - ``status`` tells a dead enclave from a running one, and why it died
-  (exit code, out of memory, killed);
+  (exit code, out of memory, killed), and whether a running one's server
+  still answers on the control channel;
 - ``stop`` leaves nothing of the enclave running;
 - ``logs`` exists only for debug-mode enclaves, as ``nitro-cli console``.
 """
@@ -104,6 +105,10 @@ class EnclaveStatus:
     reason: str | None = None
     #: How memory and CPUs are enforced (see :mod:`strongroom.enclave._limits`).
     limits: str | None = None
+    #: Whether the enclave server answered a probe on its control channel just
+    #: now (None: not probed, because the enclave is not RUNNING). A RUNNING
+    #: enclave whose server does not answer is stopped, wedged or out of memory.
+    responding: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +131,7 @@ class EnclaveStatus:
             "oom_killed": self.oom_killed,
             "reason": self.reason,
             "limits": self.limits,
+            "responding": self.responding,
         }
 
 

@@ -54,7 +54,9 @@ security boundary.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -108,6 +110,12 @@ START_TIMEOUT_S = 60.0
 #: How long ``stop`` gives the supervisor to shut the enclave down before SIGKILL.
 STOP_TIMEOUT_S = 10.0
 DESCRIBE_TIMEOUT_S = 2.0
+#: How long ``status`` waits for a RUNNING enclave's server to answer /v1/describe
+#: (it answers in milliseconds; one that takes this long is stopped or wedged).
+STATUS_PROBE_TIMEOUT_S = 1.5
+NOT_RESPONDING = (
+    "the enclave server does not answer on its control socket (stopped, wedged or out of memory?)"
+)
 _POLL_S = 0.05
 LOGS_CHUNK = 64 * 1024
 
@@ -385,6 +393,13 @@ def _measurements(raw: object) -> Measurements | None:
         return None
 
 
+def _with_answer(status: EnclaveStatus, responding: bool) -> EnclaveStatus:
+    if responding:
+        return dataclasses.replace(status, responding=True)
+    reason = f"{status.reason}; {NOT_RESPONDING}" if status.reason else NOT_RESPONDING
+    return dataclasses.replace(status, responding=False, reason=reason)
+
+
 class SandboxRuntime:
     """The local :class:`~strongroom.enclave.base.EnclaveRuntime` (bubblewrap)."""
 
@@ -518,12 +533,20 @@ class SandboxRuntime:
         alive = state in ("STARTING", "RUNNING") and rec.is_alive()
         if state in ("STARTING", "RUNNING") and not alive:
             state, reason = "FAILED", "its supervisor died (killed?), and the sandbox with it"
-        elif state == "RUNNING" and limits is not None and (kills := limits.oom_kills()):
-            oom_killed = True
-            reason = (
-                f"{kills} process(es) in the enclave were killed: out of memory "
-                f"(limit {limits.memory_mib} MiB)"
-            )
+        elif state == "RUNNING" and limits is not None:
+            problems = []
+            if kills := limits.oom_kills():
+                oom_killed = True
+                problems.append(
+                    f"{kills} process(es) in the enclave were killed: out of memory "
+                    f"(limit {limits.memory_mib} MiB)"
+                )
+            if refused := limits.refused_forks():
+                problems.append(
+                    f"{refused} fork(s) were refused: the enclave reached its limit of "
+                    f"{limits.pids} tasks"
+                )
+            reason = "; ".join(problems) or reason
         raw_spec = extra.get("spec")
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
         exit_code = extra.get("exit_code")
@@ -548,11 +571,36 @@ class SandboxRuntime:
 
     def status(self, name: str | None = None) -> list[EnclaveStatus]:
         if name is None:
-            return [self._status_of(rec) for rec in services.list(self.run_dir, KIND)]
+            return self._probed([self._status_of(rec) for rec in services.list(self.run_dir, KIND)])
         rec = services.load(self.run_dir, KIND, check_name(name))
         if rec is None:
             raise self._not_found(name)
-        return [self._status_of(rec)]
+        return self._probed([self._status_of(rec)])
+
+    def _probed(self, statuses: list[EnclaveStatus]) -> list[EnclaveStatus]:
+        """``statuses``, each RUNNING one with whether its server answers right now.
+
+        A live supervisor says nothing about the server inside: it may be
+        stopped (SIGSTOP), wedged, or thrashing at its memory limit. One
+        /v1/describe per running enclave, all at once, so ``status`` takes
+        one round trip when they answer and :data:`STATUS_PROBE_TIMEOUT_S` when not.
+        """
+        running = [s for s in statuses if s.state == "RUNNING"]
+        if not running:
+            return statuses
+
+        def probe(status: EnclaveStatus) -> bool:
+            control = EnclavePaths.of(self.run_dir, status.name).control_socket
+            return describe(control, timeout=STATUS_PROBE_TIMEOUT_S) is not None
+
+        if len(running) == 1:
+            answers = {running[0].name: probe(running[0])}
+        else:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(running)) as pool:
+                answers = dict(
+                    zip((s.name for s in running), pool.map(probe, running), strict=True)
+                )
+        return [_with_answer(s, answers[s.name]) if s.name in answers else s for s in statuses]
 
     def _not_found(self, name: str) -> NotFoundError:
         running = [rec.name for rec in services.list(self.run_dir, KIND) if rec.is_alive()]
