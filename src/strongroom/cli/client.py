@@ -6,7 +6,6 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
-import os
 import secrets
 import sys
 import time
@@ -63,22 +62,14 @@ def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
 
 
 def _local_files(sources: tuple[Path, ...]) -> list[tuple[Path, PurePosixPath]]:
-    """(local file, path relative to the destination) for every file to push."""
-    files = []
-    for source in sources:
-        if source.is_dir():
-            for root, dirs, names in os.walk(source):
-                dirs.sort()
-                for name in sorted(names):
-                    path = Path(root, name)
-                    if path.is_file() and not path.is_symlink():
-                        rel = path.relative_to(source.parent)
-                        files.append((path, PurePosixPath(*rel.parts)))
-        elif source.is_file():
-            files.append((source, PurePosixPath(source.name)))
-        else:
-            raise NotFoundError(f"{source}: no such file or directory")
-    return files
+    """(local file, path relative to the destination) for every file to push.
+
+    A symlink or special file, given or inside a directory, refuses the push
+    (see :mod:`strongroom.client.transfer`).
+    """
+    from strongroom.client.transfer import local_files
+
+    return local_files(sources)
 
 
 @click.command("push")
@@ -95,6 +86,8 @@ def push_command(
     REMOTE is a directory of the shared folder (created if missing); a single
     file may also be pushed to a new file name. Every file is checksummed on
     both sides; an interrupted push never leaves a truncated file behind.
+    Only regular files are sent: a symlink (given, or inside a directory)
+    refuses the push; name what it points to instead.
 
     \b
     Example:
@@ -166,46 +159,33 @@ def pull_command(
 
     \b
     Each file is written under a temporary name and renamed into place only
-    once its SHA-256 matches the enclave's.
+    once its SHA-256 matches the enclave's. Every name the enclave lists must
+    be one plain name under the directory listed, and nothing is written
+    through a symlink in LOCAL: otherwise the whole pull is refused before
+    anything is written. Symlinks in the shared folder are not pulled.
 
     \b
     Example:
       strongroom pull /output ./results
     """
+    from strongroom.client.transfer import PullItem, check_destination, plan_pull
+
     with connect_enclave(app.workspace(), enclave_name) as enclave:
-        plan: list[tuple[str, Path, int]] = []
-        for remote in remotes:
-            entry = enclave.stat(remote)
-            if entry.type == "dir":
-                base = PurePosixPath(entry.path)
-                stack = [entry.path]
-                while stack:
-                    for child in enclave.list(stack.pop()):
-                        if child.type == "dir":
-                            stack.append(child.path)
-                        elif child.type == "file":
-                            rel = PurePosixPath(child.path).relative_to(base.parent)
-                            plan.append((child.path, local.joinpath(*rel.parts), child.size))
-            elif entry.type == "file":
-                target = (
-                    local / PurePosixPath(entry.path).name
-                    if (local.is_dir() or len(remotes) > 1)
-                    else local
-                )
-                plan.append((entry.path, target, entry.size))
-            else:
-                raise InvalidInputError(
-                    f"{entry.path} is a {entry.type}: pull copies files and directories only",
-                    hint="symlinks in the shared folder are listed but never followed",
-                )
-        total = sum(size for _, _, size in plan)
+        # the whole listing is validated, and LOCAL checked, before anything is written
+        plan = plan_pull(enclave, remotes, local)
+        check_destination([item.target for item in plan])
+        total = sum(item.size for item in plan)
         started = time.monotonic()
         with byte_progress("pull", total, enabled=not app.json) as advance:
 
-            def pull_one(item: tuple[str, Path, int]) -> dict[str, Any]:
-                remote_path, target, size = item
-                digest = enclave.download(remote_path, target, progress=advance)
-                return {"remote": remote_path, "local": str(target), "sha256": digest, "size": size}
+            def pull_one(item: PullItem) -> dict[str, Any]:
+                digest = enclave.download(item.remote, item.target, progress=advance)
+                return {
+                    "remote": item.remote,
+                    "local": str(item.target.path),
+                    "sha256": digest,
+                    "size": item.size,
+                }
 
             done = _in_parallel(pull_one, plan)
     _summary(app, "pulled", done, total, time.monotonic() - started)

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from strongroom import errors
+from strongroom.client.transfer import LocalTarget, open_local_file, write_confined
 from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
 from strongroom.transport.http import http_transport
@@ -41,6 +41,16 @@ class EnclaveGoneError(UnavailableError):
     default_hint = "check it with `strongroom enclave status`"
 
 
+#: The fields of a file entry on the wire, and the JSON types each may have.
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "path": (str,),
+    "type": (str,),
+    "size": (int,),
+    "mode": (int,),
+    "mtime": (int, float),
+}
+
+
 @dataclass(frozen=True)
 class RemoteEntry:
     path: str
@@ -48,6 +58,24 @@ class RemoteEntry:
     size: int
     mode: int
     mtime: float
+
+    @classmethod
+    def from_json(cls, raw: object) -> RemoteEntry:
+        """An entry as the enclave sent it, with the documented fields and types only.
+
+        The values (names, types, sizes) are checked where they are used
+        (:mod:`.transfer`); this only keeps a malformed answer from becoming
+        a ``TypeError``.
+        """
+        if not isinstance(raw, dict) or set(raw) != set(_ENTRY_FIELDS):
+            raise errors.InvalidInputError(f"the enclave answered a malformed file entry: {raw!r}")
+        for name, kinds in _ENTRY_FIELDS.items():
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise errors.InvalidInputError(
+                    f"the enclave answered a malformed file entry: {name} is {value!r}"
+                )
+        return cls(raw["path"], raw["type"], raw["size"], raw["mode"], float(raw["mtime"]))
 
 
 def _error_from(response: httpx.Response) -> StrongroomError:
@@ -119,11 +147,14 @@ class EnclaveClient:
     # --- files --------------------------------------------------------------
 
     def stat(self, path: str) -> RemoteEntry:
-        return RemoteEntry(**self._call("GET", "/v1/files/stat", params={"path": path}))
+        return RemoteEntry.from_json(self._call("GET", "/v1/files/stat", params={"path": path}))
 
     def list(self, path: str) -> list[RemoteEntry]:
         raw = self._call("GET", "/v1/files/list", params={"path": path})
-        return [RemoteEntry(**e) for e in raw["entries"]]
+        entries = raw.get("entries") if isinstance(raw, dict) else None
+        if not isinstance(entries, list):
+            raise errors.InvalidInputError(f"the enclave answered a malformed listing of {path}")
+        return [RemoteEntry.from_json(e) for e in entries]
 
     def mkdir(self, path: str, *, parents: bool = True) -> None:
         self._call("POST", "/v1/files/mkdir", json={"path": path, "parents": parents})
@@ -136,23 +167,33 @@ class EnclaveClient:
         return result
 
     def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
-        """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it."""
+        """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it.
+
+        ``local`` must be a regular file, opened without following a symlink
+        (:func:`~.transfer.open_local_file`): push sends what the host named.
+        """
         digest = hashlib.sha256()
+        source = open_local_file(local)
 
         def body() -> Iterator[bytes]:
-            with local.open("rb") as f:
+            with source as f:
                 while chunk := f.read(UPLOAD_CHUNK):
                     digest.update(chunk)
                     progress(len(chunk))
                     yield chunk
 
+        try:
+            size = os.fstat(source.fileno()).st_size
+        except BaseException:
+            source.close()
+            raise
         result = self._call(
             "PUT",
             "/v1/files/content",
             params={"path": remote, "truncate": "true"},
             content=body(),
             # a known length lets h11 send the body as is, not re-framed in chunks
-            headers={"content-length": str(local.stat().st_size)},
+            headers={"content-length": str(size)},
         )
         if result["sha256"] != digest.hexdigest():
             raise TamperedError(
@@ -161,41 +202,41 @@ class EnclaveClient:
             )
         return digest.hexdigest()
 
-    def download(self, remote: str, local: Path, *, progress: Callable[[int], None]) -> str:
-        """Fetch ``remote`` into ``local`` via a temporary sibling, renamed once verified.
+    def download(
+        self, remote: str, local: Path | LocalTarget, *, progress: Callable[[int], None]
+    ) -> str:
+        """Fetch ``remote`` into ``local`` via a temporary file, renamed once verified.
 
-        A small file comes with its SHA-256; for a large one the enclave hashes
-        its copy on a second connection while the bytes stream on the first.
+        A :class:`~.transfer.LocalTarget` is written below its root without
+        following any symlink there (:func:`~.transfer.write_confined`); a
+        plain path is the caller's own choice of file. A small file comes with
+        its SHA-256; for a large one the enclave hashes its copy on a second
+        connection while the bytes stream on the first.
         """
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.part-{secrets.token_hex(4)}")
+        target = local if isinstance(local, LocalTarget) else LocalTarget.of(local)
         digest = hashlib.sha256()
         remote_digest: concurrent.futures.Future[str] | None = None
-        try:
-            with (
-                self._channel(),
-                self._http.stream("GET", "/v1/files/content", params={"path": remote}) as response,
-            ):
-                if response.status_code >= 400:
-                    response.read()
-                    raise _error_from(response)
-                expected = response.headers.get("x-sha256")
-                if expected is None:
-                    remote_digest = _background.submit(self.checksum, remote)
-                with partial.open("wb") as f:
-                    for chunk in response.iter_bytes():
-                        f.write(chunk)
-                        digest.update(chunk)
-                        progress(len(chunk))
+        with (
+            self._channel(),
+            self._http.stream("GET", "/v1/files/content", params={"path": remote}) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from(response)
+            expected = response.headers.get("x-sha256")
             if expected is None:
-                assert remote_digest is not None
-                expected = remote_digest.result()
-            if expected != digest.hexdigest():
-                raise TamperedError(f"{remote} arrived altered", hint="pull it again")
-            os.replace(partial, local)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+                remote_digest = _background.submit(self.checksum, remote)
+            with write_confined(target) as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+                    digest.update(chunk)
+                    progress(len(chunk))
+                f.flush()
+                if expected is None:
+                    assert remote_digest is not None
+                    expected = remote_digest.result()
+                if expected != digest.hexdigest():
+                    raise TamperedError(f"{remote} arrived altered", hint="pull it again")
         return digest.hexdigest()
 
     # --- runs ---------------------------------------------------------------
