@@ -25,6 +25,7 @@ COMMANDS = {
     "seal": "sealing:seal_command",
     "inspect": "sealing:inspect_command",
     "unseal": "sealing:unseal_command",
+    "signing-key": "sealing:signing_key_group",
     "image": "image:image_group",
     "attestation": "attestation:attestation_group",
     "enclave": "enclave:enclave_group",

@@ -1,18 +1,29 @@
-"""``strongroom seal``, ``inspect`` and ``unseal``: the vendor's packaging commands."""
+"""``strongroom seal``, ``inspect``, ``unseal``, ``signing-key``: the vendor's packaging commands.
+
+``seal`` and ``inspect`` say what the *host* may do with a package (its
+manifest: entries, env, egress, resources) and who signed it, never what the
+app holds. Everything they print that came from a package is shown
+literally: rich markup and control characters in a vendor's strings cannot
+style or rewrite the host's terminal.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 
 from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, out, pass_app
 from strongroom.cli.keys import identity_option
 from strongroom.errors import UsageError
 from strongroom.keys import service as keyservice
+
+if TYPE_CHECKING:
+    from strongroom.sealing import AppManifest, PackageInfo
 
 
 def _parse_context(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -35,17 +46,88 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def _info_dict(info: Any) -> dict[str, Any]:
+def _info_dict(info: PackageInfo) -> dict[str, Any]:
+    from strongroom.sealing import signer_fingerprint
+
     data = dataclasses.asdict(info)
     data.pop("encrypted_data_key", None)
     data["encrypted_data_key_bytes"] = len(info.encrypted_data_key)
+    data["manifest"] = None if info.manifest is None else info.manifest.to_json()
+    data["signer"] = None if info.signer is None else signer_fingerprint(info.signer)
+    data["signer_public_key"] = None if info.signer is None else info.signer.hex()
     return data
 
 
-def _render_info(path: Path, data: dict[str, Any]) -> None:
-    out.print(f"{path}: {data['format']} (version {data['version']})")
-    rows = [(k, v) for k, v in data.items() if k not in {"format", "version"}]
+def _shown(value: object) -> str:
+    """``value`` as the terminal should show it: no markup, no control characters."""
+    text = "" if value is None else str(value)
+    if not text.isprintable():
+        text = repr(text)
+    return escape(text)
+
+
+def _listed(items: list[str], empty: str) -> str:
+    return ", ".join(_shown(item) for item in items) if items else empty
+
+
+def _host_rows(manifest: AppManifest | None) -> list[tuple[str, str]]:
+    """What the host may do with the package, as (what, value) rows."""
+    from strongroom.sealing import DEFAULT_PROCESSES, MANIFEST_NAME
+
+    if manifest is None:
+        return [
+            ("manifest", f"none (the app had no {MANIFEST_NAME}): safe defaults"),
+            ("run (--entry)", "any file of the app the host names"),
+            ("set (--env)", "nothing"),
+            ("egress", "none"),
+            ("processes", f"default ({DEFAULT_PROCESSES})"),
+        ]
+    data = manifest.to_json()
+    memory = manifest.memory_mib
+    processes = manifest.processes
+    return [
+        ("run (--entry)", _listed(data["entries"], "nothing")),
+        ("set (--env)", _listed(data["env"], "nothing")),
+        ("egress", _listed(data["egress"], "none")),
+        ("memory", "not stated" if memory is None else f"{memory} MiB"),
+        (
+            "processes",
+            f"default ({DEFAULT_PROCESSES})" if processes is None else str(processes),
+        ),
+    ]
+
+
+def _summary(manifest: AppManifest | None) -> str:
+    """One line: what the host may do."""
+    from strongroom.sealing import MANIFEST_NAME
+
+    if manifest is None:
+        return (
+            f"no {MANIFEST_NAME}: the host may run any file of the app as --entry "
+            "and set no --env; no egress"
+        )
+    data = manifest.to_json()
+    return (
+        f"the host may run {_listed(data['entries'], 'nothing')}; "
+        f"set {_listed(data['env'], 'no --env')}; "
+        f"egress {_listed(data['egress'], 'none')}"
+    )
+
+
+def _signer_line(signer: bytes | None) -> str:
+    from strongroom.sealing import signer_fingerprint
+
+    return "unsigned" if signer is None else f"signed by {signer_fingerprint(signer)}"
+
+
+def _render_info(path: Path, info: PackageInfo, data: dict[str, Any]) -> None:
+    out.print(f"{_shown(path)}: {data['format']} (version {data['version']})")
+    hidden = {"format", "version", "manifest", "signer", "signer_public_key"}
+    rows = [(k, _shown(v)) for k, v in data.items() if k not in hidden]
     emit_table(["field", "value"], rows)
+    emit_table(
+        ["the host may", ""], [*_host_rows(info.manifest), ("signer", _signer_line(info.signer))]
+    )
 
 
 @click.command("seal")
@@ -65,10 +147,22 @@ def _render_info(path: Path, data: dict[str, Any]) -> None:
     metavar="KEY=VALUE",
     help="Encryption context entry (repeatable); bound to the data key by KMS.",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Sign the package with this Ed25519 private key (PEM, from `signing-key create`).",
+)
 @identity_option
 @pass_app
 def seal_command(
-    app: AppContext, app_dir: Path, key: str, output: Path, contexts: tuple[str, ...], identity: str
+    app: AppContext,
+    app_dir: Path,
+    key: str,
+    output: Path,
+    contexts: tuple[str, ...],
+    sign_key: Path | None,
+    identity: str,
 ) -> None:
     """Seal APP_DIR into one encrypted, authenticated package.
 
@@ -78,35 +172,63 @@ def seal_command(
     and any change to the package is detected when it is opened.
 
     \b
+    APP_DIR/strongroom.toml, if present, says what the host may do: the
+    entries it may run, the env vars it may set, the egress the app needs,
+    its resources. It is validated and sealed in the header. Without it the
+    host may run any file as --entry and set no --env. --sign-key signs the
+    header, so an image that pins the key runs only this vendor's packages.
+
+    \b
     Example:
       strongroom seal examples/classifier --key alias/classifier \\
-          --context vendor=acme --context app=classifier -o classifier.sealed
+          --context vendor=acme --context app=classifier \\
+          --sign-key vendor.key -o classifier.sealed
     """
-    from strongroom.sealing import seal
+    from strongroom.sealing import AppManifest, load_signing_key, seal
 
     context = _parse_context(contexts)
+    # Refuse a bad manifest or key before anything else, even a stopped key service.
+    AppManifest.load(app_dir)
+    signing_key = None if sign_key is None else load_signing_key(sign_key)
     kms = keyservice.connect(app.workspace(), identity=identity)
     with byte_progress(f"sealing {app_dir.name}", _tree_size(app_dir), enabled=not app.json) as adv:
-        info = seal(app_dir, output, kms, key, context=context, progress=adv)
+        info = seal(
+            app_dir, output, kms, key, context=context, progress=adv, signing_key=signing_key
+        )
     data = _info_dict(info)
-    emit(
-        app,
-        data,
-        lambda: out.print(
-            f"sealed {app_dir} → {output} ({info.file_size} bytes, {info.chunk_count} chunks)"
-        ),
-    )
+
+    def render() -> None:
+        out.print(
+            f"sealed {_shown(app_dir)} → {_shown(output)} "
+            f"({info.file_size} bytes, {info.chunk_count} chunks, {_signer_line(info.signer)})"
+        )
+        out.print(_summary(info.manifest))
+
+    emit(app, data, render)
 
 
 @click.command("inspect")
 @click.argument("package", type=click.Path(dir_okay=False, path_type=Path))
 @pass_app
 def inspect_command(app: AppContext, package: Path) -> None:
-    """Show a sealed package's header: key, context, sizes, format. No key needed."""
+    """Show a sealed package's header and what the host may do with it. No key needed.
+
+    \b
+    The header: key, context, sizes, format. The manifest: the entries the
+    host may run, the env vars it may set, the egress and resources the app
+    needs (or the safe defaults when there is none), and the signer's
+    fingerprint (or "unsigned"). Never the app's files.
+
+    \b
+    Example:
+      strongroom inspect classifier.sealed
+      strongroom --json inspect classifier.sealed | jq .manifest
+    """
     from strongroom.sealing import inspect
 
-    data = _info_dict(inspect(package))
-    emit(app, data, lambda: _render_info(package, data))
+    info = inspect(package)
+    data = _info_dict(info)
+    emit(app, data, lambda: _render_info(package, info, data))
 
 
 @click.command("unseal")
@@ -139,3 +261,85 @@ def unseal_command(app: AppContext, package: Path, output: Path, identity: str) 
     with byte_progress(f"unsealing {package.name}", info.payload_size, enabled=not app.json) as adv:
         info = unseal(package, output, kms, progress=adv)
     emit(app, _info_dict(info), lambda: out.print(f"unsealed {package} → {output}"))
+
+
+@click.group("signing-key")
+def signing_key_group() -> None:
+    """Vendor package-signing keys (Ed25519): create one, show its fingerprint.
+
+    \b
+    The vendor signs packages with `strongroom seal --sign-key FILE`, and pins
+    FILE.pub in its enclave images (`strongroom image build --signer
+    FILE.pub`): such an image refuses, before any key release, a package that
+    this key did not sign.
+    """
+
+
+@signing_key_group.command("create")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE and FILE.pub if they exist.")
+@pass_app
+def signing_key_create_command(app: AppContext, file: Path, force: bool) -> None:
+    """Create a signing key: FILE (private, mode 0600) and FILE.pub (public).
+
+    \b
+    Keep FILE secret; publish FILE.pub or its fingerprint so hosts can check
+    who signed a package (`strongroom inspect`). Existing files are never
+    replaced without --force; nothing is left half-written.
+
+    \b
+    Example:
+      strongroom signing-key create vendor.key
+      strongroom seal examples/classifier --key alias/classifier \\
+          --sign-key vendor.key -o classifier.sealed
+    """
+    from strongroom.sealing import create_signing_key
+
+    files = create_signing_key(file, force=force)
+    data = {
+        "private_key": str(files.private_key),
+        "public_key": str(files.public_key),
+        "fingerprint": files.fingerprint,
+    }
+
+    def render() -> None:
+        out.print(
+            f"wrote the signing key {_shown(files.private_key)} (mode 0600, keep it secret) "
+            f"and its public key {_shown(files.public_key)}"
+        )
+        out.print(f"fingerprint {files.fingerprint}")
+        out.print(
+            f"sign with `strongroom seal ... --sign-key {_shown(files.private_key)}`; "
+            f"pin with `strongroom image build --signer {_shown(files.public_key)}`"
+        )
+
+    emit(app, data, render)
+
+
+@signing_key_group.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def signing_key_show_command(app: AppContext, file: Path) -> None:
+    """Show the fingerprint of a signing key FILE or a public key FILE.pub.
+
+    \b
+    Compare it with the signer `strongroom inspect` shows for a package.
+
+    \b
+    Example:
+      strongroom signing-key show vendor.key.pub
+    """
+    from strongroom.errors import InvalidInputError
+    from strongroom.sealing import load_signer_public_key, load_signing_key, signer_fingerprint
+    from strongroom.sealing.signing import public_key_bytes
+
+    try:
+        public_key = load_signer_public_key(file)
+    except UsageError:  # it holds a private key: show that key's public half
+        public_key = public_key_bytes(load_signing_key(file))
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"{file} is not an Ed25519 public or private key PEM", hint=exc.hint
+        ) from None
+    data = {"public_key": public_key.hex(), "fingerprint": signer_fingerprint(public_key)}
+    emit(app, data, lambda: out.print(data["fingerprint"]))

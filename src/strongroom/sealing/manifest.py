@@ -212,12 +212,18 @@ class AppManifest:
             raise StrongroomError(
                 f"cannot read {path}: {exc.strerror}", hint="check the file's permissions"
             ) from exc
-        with open(fd, "rb") as stream:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise InvalidInputError(
                     f"{path} is not a regular file", hint=f"make {MANIFEST_NAME} a regular file"
                 )
-            data = stream.read(MAX_MANIFEST_BYTES + 1)
+            data = _read_up_to(fd, MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise StrongroomError(
+                f"cannot read {path}: {exc.strerror}", hint="check the file's permissions"
+            ) from exc
+        finally:
+            os.close(fd)
         if len(data) > MAX_MANIFEST_BYTES:
             raise InvalidInputError(
                 f"{path} is larger than {MAX_MANIFEST_BYTES} bytes", hint=_SCHEMA_HINT
@@ -331,24 +337,37 @@ def env_name_reserved(name: str) -> bool:
 
 def parse_egress(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT`` → ``(host, port)`` in canonical form; InvalidInputError."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise InvalidInputError(f"{text!r} has no port", hint=_EGRESS_HINT)
-    if not _PORT.match(port_text) or int(port_text) > 65535:
-        raise InvalidInputError(f"{text!r} has an invalid port", hint=_EGRESS_HINT)
-    if host.startswith("[") and host.endswith("]"):
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise InvalidInputError(f"{text!r} has an unclosed '['", hint=_EGRESS_HINT)
+        if not rest:
+            raise InvalidInputError(f"{text!r} has no port", hint=_EGRESS_HINT)
+        if not rest.startswith(":"):
+            raise InvalidInputError(f"{text!r} has an invalid port", hint=_EGRESS_HINT)
+        port = _port(rest[1:], text)
         try:
-            address = ipaddress.IPv6Address(host[1:-1])
+            address = ipaddress.IPv6Address(inside)
         except ValueError:
             raise InvalidInputError(
                 f"{text!r} has an invalid IPv6 address", hint=_EGRESS_HINT
             ) from None
         if address.scope_id is not None:
             raise InvalidInputError(f"{text!r} has an IPv6 zone", hint=_EGRESS_HINT)
-        return address.compressed, int(port_text)
+        return address.compressed, port
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise InvalidInputError(f"{text!r} has no port", hint=_EGRESS_HINT)
+    port = _port(port_text, text)
     if ":" in host:
         raise InvalidInputError(f"{text!r}: an IPv6 address needs brackets", hint=_EGRESS_HINT)
-    return _canonical_host(host, text), int(port_text)
+    return _canonical_host(host, text), port
+
+
+def _port(port_text: str, text: str) -> int:
+    if not _PORT.match(port_text) or int(port_text) > 65535:
+        raise InvalidInputError(f"{text!r} has an invalid port", hint=_EGRESS_HINT)
+    return int(port_text)
 
 
 def format_egress(host: str, port: int) -> str:
@@ -569,6 +588,14 @@ def _printable(text: str) -> bool:
         unicodedata.category(char)[0] != "C" and unicodedata.category(char) not in ("Zl", "Zp")
         for char in text
     )
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    parts = []
+    while size > 0 and (part := os.read(fd, size)):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -143,6 +143,11 @@ class SigningKeyFiles:
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key from an unencrypted PKCS#8 PEM file."""
     data = _read_key_file(path, "signing key")
+    if b"-----BEGIN PUBLIC KEY-----" in data:
+        raise UsageError(
+            f"{path} holds a public key; signing needs the private key",
+            hint=f"pass the private key file (the one without {PUBLIC_KEY_SUFFIX})",
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:  # encrypted with a password

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from strongroom.errors import NotFoundError, TamperedError
 from strongroom.keys.base import DataKey, Decrypted
 from strongroom.sealing import inspect, seal
-from strongroom.sealing.format import build_header
+from strongroom.sealing.format import FORMAT_VERSION, build_header
 from strongroom.sealing.stream import ChunkWriter, derive_payload_key
 
 from .helpers import CHUNK, CONTEXT
@@ -124,7 +124,7 @@ SealPayload = Callable[..., Path]
 
 @pytest.fixture
 def seal_payload(kms: FakeKeyService, key_arn: str) -> SealPayload:
-    """Seal arbitrary payload bytes (a hand-made tar, say) as a v1 package."""
+    """Seal arbitrary payload bytes (a hand-made tar, say) as a package (v2 unless told)."""
 
     def make(
         payload: bytes,
@@ -132,6 +132,7 @@ def seal_payload(kms: FakeKeyService, key_arn: str) -> SealPayload:
         *,
         chunk_size: int = CHUNK,
         context: Mapping[str, str] = CONTEXT,
+        version: int = FORMAT_VERSION,
     ) -> Path:
         data_key = kms.generate_data_key(key_arn, encryption_context=context)
         assert data_key.plaintext is not None
@@ -143,6 +144,7 @@ def seal_payload(kms: FakeKeyService, key_arn: str) -> SealPayload:
             salt=os.urandom(32),
             nonce_prefix=os.urandom(7),
             created=0,
+            version=version,
         )
         sink = io.BytesIO()
         sink.write(header.raw)
