@@ -234,8 +234,9 @@ def test_open_local_file_refuses_links_and_fifos(tmp_path: Path) -> None:
 
 
 def test_remote_entries_are_checked_for_shape() -> None:
-    good = {"path": "/a", "type": "file", "size": 1, "mode": 420, "mtime": 1}
+    good: dict[str, object] = {"path": "/a", "type": "file", "size": 1, "mode": 420, "mtime": 1}
     assert RemoteEntry.from_json(good).mtime == 1.0
+    bad: object
     for bad in (
         [],
         {**good, "extra": 1},

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from strongroom.errors import AlreadyExistsError, NotFoundError, UsageError
-from strongroom.server import files
 from strongroom.server.files import PathEscapeError, SharedFolder
 
 
@@ -178,7 +177,7 @@ def test_a_fifo_swapped_in_after_the_type_check_is_refused_too(
             return regular  # what lstat saw just before the swap
         return real_stat(name, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(files.os, "stat", lying_stat)
+    monkeypatch.setattr(os, "stat", lying_stat)
     for call in (
         lambda: shared.open_read("/trap"),
         lambda: shared.open_write("/trap", create=False),
