@@ -1,9 +1,16 @@
-"""Issue 6's "done when": seal, inspect and unseal through the console script."""
+"""Issue 6's "done when": seal, inspect and unseal through the console script.
+
+And issue 9's manifest and signature: seal validates and seals strongroom.toml,
+inspect shows what the host may do and who signed it, signing-key makes keys.
+"""
 
 from __future__ import annotations
 
 import filecmp
 import json
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 from tests.e2e.conftest import Cli
@@ -36,10 +43,10 @@ def test_seal_inspect_unseal_as_vendor_and_denied_to_host(cli: Cli, tmp_path: Pa
         str(sealed),
     )
     info = json.loads(cli("--json", "inspect", str(sealed)).stdout)
-    assert info["format"] == "strongroom-v1"
+    assert info["format"] == "strongroom-v2"
     assert info["encryption_context"] == {"vendor": "acme", "app": "classifier"}
     assert info["chunk_count"] >= 1 and info["key_id"]
-    assert "strongroom-v1" in cli("inspect", str(sealed)).stdout
+    assert "strongroom-v2" in cli("inspect", str(sealed)).stdout
 
     out = tmp_path / "out"
     cli("unseal", str(sealed), "-o", str(out))
@@ -83,3 +90,134 @@ def test_bad_packages_give_one_line_and_leave_nothing(cli: Cli, tmp_path: Path) 
         "seal", str(EXAMPLE), "--key", "alias/nope", "-o", str(tmp_path / "x.sealed"), check=False
     )
     assert missing.returncode == 7 and not (tmp_path / "x.sealed").exists()
+
+
+def one_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The error of a failed command: exactly one ``error:`` line and one ``hint:`` line."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: "), result.stderr
+    assert lines[1].startswith("  hint: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def service(cli: Cli) -> None:
+    cli("init")
+    cli("keys", "serve", "--detach")
+    cli("keys", "create", "--alias", "classifier")
+
+
+def test_the_manifest_is_sealed_and_inspect_shows_it(cli: Cli, tmp_path: Path) -> None:
+    service(cli)
+    sealed = tmp_path / "app.sealed"
+    result = cli("seal", str(EXAMPLE), "--key", "alias/classifier", "-o", str(sealed))
+    assert "the host may run main.py; set no --env; egress none" in result.stdout
+    assert "unsigned" in result.stdout
+
+    shown = cli("inspect", str(sealed)).stdout
+    for expected in ["run (--entry)", "main.py", "set (--env)", "512 MiB", "128", "unsigned"]:
+        assert expected in shown, expected
+    assert "model.npz" not in shown  # what the host may do, never the app's files
+    info = json.loads(cli("--json", "inspect", str(sealed)).stdout)
+    assert info["manifest"] == {
+        "entries": ["main.py"],
+        "env": [],
+        "egress": [],
+        "resources": {"memory_mib": 512, "processes": 128},
+    }
+    assert info["signer"] is None
+
+    plain = tmp_path / "plain"
+    shutil.copytree(EXAMPLE, plain)
+    (plain / "strongroom.toml").unlink()
+    (plain / "tools").mkdir()
+    (plain / "tools" / "x.py").write_text("print('x')\n")
+    bare = tmp_path / "bare.sealed"
+    result = cli("seal", str(plain), "--key", "alias/classifier", "-o", str(bare))
+    assert "no strongroom.toml: the host may run any file of the app as --entry" in result.stdout
+    assert "set no --env" in result.stdout
+    assert json.loads(cli("--json", "inspect", str(bare)).stdout)["manifest"] is None
+    assert "safe defaults" in cli("inspect", str(bare)).stdout
+
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app)
+    (app / "strongroom.toml").write_text(
+        'entries = ["main.py"]\nenv = ["THREADS"]\negress = ["API.example.com:443"]\n'
+    )
+    result = cli("seal", str(app), "--key", "alias/classifier", "-o", str(sealed))
+    assert "set THREADS; egress api.example.com:443" in result.stdout
+    assert "api.example.com:443" in cli("inspect", str(sealed)).stdout
+
+
+def test_a_bad_manifest_is_one_line_exit_3_and_nothing_written(cli: Cli, tmp_path: Path) -> None:
+    service(cli)
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app)
+    manifest = app / "strongroom.toml"
+    out = tmp_path / "app.sealed"
+    cases = {
+        'entries = ["main.py"]\nenv = ["LD_PRELOAD"]\n': "env[0] 'LD_PRELOAD' is reserved",
+        'entries = ["main.py"]\n[resources]\ngpus = 1\n': "unknown field 'resources.gpus'",
+        'entries = ["main.py"]\nentry = "x"\n': "unknown field 'entry'",
+        'entries = ["../main.py"]\n': "goes outside the tree",
+        'entries = ["missing.py"]\n': "'missing.py' does not exist",
+        'entries = ["main.py"\n': "is not valid TOML",
+    }
+    for text, message in cases.items():
+        manifest.write_text(text)
+        line = one_error(
+            cli("seal", str(app), "--key", "alias/classifier", "-o", str(out), check=False), 3
+        )
+        assert str(manifest) in line and message in line, line
+        assert not out.exists() and not list(tmp_path.glob(".app.sealed.*")), text
+    # a manifest error comes first, even with the key service stopped
+    cli("keys", "stop")
+    manifest.write_text('entries = ["main.py"]\nextra = 1\n')
+    one_error(cli("seal", str(app), "--key", "alias/classifier", "-o", str(out), check=False), 3)
+
+
+def test_signing_key_seal_and_inspect(cli: Cli, tmp_path: Path) -> None:
+    key = tmp_path / "vendor.key"
+    created = json.loads(cli("--json", "signing-key", "create", str(key)).stdout)
+    assert created["private_key"] == str(key) and created["public_key"] == f"{key}.pub"
+    fingerprint = created["fingerprint"]
+    assert fingerprint.startswith("ed25519:") and len(fingerprint) == len("ed25519:") + 32
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert Path(f"{key}.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert cli("signing-key", "show", f"{key}.pub").stdout.strip() == fingerprint
+    assert cli("signing-key", "show", str(key)).stdout.strip() == fingerprint
+
+    before = key.read_bytes()
+    again = cli("signing-key", "create", str(key), check=False)
+    assert "already exists" in one_error(again, 2) and key.read_bytes() == before
+    replaced = json.loads(cli("--json", "signing-key", "create", str(key), "--force").stdout)
+    assert replaced["fingerprint"] != fingerprint
+    fingerprint = replaced["fingerprint"]
+
+    service(cli)
+    sealed = tmp_path / "signed.sealed"
+    result = cli(
+        "seal", str(EXAMPLE), "--key", "alias/classifier", "-o", str(sealed), "--sign-key", str(key)
+    )
+    assert f"signed by {fingerprint}" in result.stdout
+    assert fingerprint in cli("inspect", str(sealed)).stdout
+    info = json.loads(cli("--json", "inspect", str(sealed)).stdout)
+    assert info["signer"] == fingerprint and info["manifest"]["entries"] == ["main.py"]
+
+    for bad, code, message in [
+        (tmp_path / "missing.key", 7, "does not exist"),
+        (Path(f"{key}.pub"), 2, "holds a public key"),
+    ]:
+        out = tmp_path / "bad.sealed"
+        args = ["seal", str(EXAMPLE), "--key", "alias/classifier", "-o", str(out)]
+        line = one_error(cli(*args, "--sign-key", str(bad), check=False), code)
+        assert message in line and not out.exists()
+
+
+def test_help_has_examples(cli: Cli) -> None:
+    for words in [("seal",), ("inspect",), ("signing-key",), ("signing-key", "create")]:
+        result = cli(*words, "--help")
+        assert "Usage:" in result.stdout
+        if words != ("signing-key",):
+            assert "Example" in result.stdout, words
+    assert "--sign-key" in cli("seal", "--help").stdout
