@@ -4,6 +4,9 @@ A workspace is a directory (default ``./.strongroom``, or ``$STRONGROOM_HOME``,
 or ``--home``) holding:
 
 - ``config.toml`` — target, region, key-service endpoint, identities (no secrets);
+  on the aws target, optionally ``[aws] run_role_arn``: the IAM role the host
+  assumes (with a session policy allowing only ``kms:Decrypt`` on the
+  package's key) to make each run's short-lived credentials;
 - ``identities/<name>.secret`` — the secret access key of each identity (0600);
 - ``keys/`` — the local key store (key material 0600);
 - ``audit.log`` — the key service's audit trail (JSON lines);
@@ -17,6 +20,7 @@ Every command resolves the workspace the same way (:func:`Workspace.locate`).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -37,6 +41,7 @@ CONFIG_NAME = "config.toml"
 DEFAULT_REGION = "us-east-1"
 IDENTITY_NAMES = ("host", "vendor")
 IdentityName = Literal["host", "vendor"]
+_ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class Config:
     identities: dict[str, dict[str, str]]
     #: trust anchors the key service accepts Recipient documents from: "local", "aws"
     trust: tuple[str, ...] = ("local",)
+    #: aws target: the role `run` assumes for its scoped session credentials (``[aws]
+    #: run_role_arn``); None: GetFederationToken with the host's IAM-user credentials
+    aws_run_role_arn: str | None = None
 
 
 class Workspace:
@@ -150,8 +158,16 @@ class Workspace:
                 kms_listen=raw["keys"]["listen"],
                 identities=raw["identities"],
                 trust=tuple(raw["keys"].get("trust", ["local"])),
+                aws_run_role_arn=_role_arn(raw.get("aws", {}).get("run_role_arn")),
             )
-        except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+        except (
+            OSError,
+            tomllib.TOMLDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as e:
             raise ConfigError(
                 f"cannot read {self.root / CONFIG_NAME}: {e}",
                 hint="fix the file, or recreate the workspace with `strongroom init --force`",
@@ -200,6 +216,14 @@ class Workspace:
     @property
     def storage_dir(self) -> Path:
         return self.root / "storage"
+
+
+def _role_arn(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ROLE_ARN.fullmatch(value):
+        raise ValueError(f"[aws] run_role_arn must be an IAM role ARN, not {value!r}")
+    return value
 
 
 def _new_account_id(avoid: set[str]) -> str:

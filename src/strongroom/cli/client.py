@@ -211,28 +211,32 @@ def ls_command(app: AppContext, remote: str, enclave_name: str | None) -> None:
     )
 
 
-def _run_credentials(ws: Workspace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The host's credentials and key-service reference handed to the enclave for one run."""
-    config = ws.config
-    if config.target == "local":
-        ident = ws.identity("host")
-        creds = {"access_key_id": ident.access_key_id, "secret_access_key": ident.secret_access_key}
-        return creds, {"region": config.region}
-    import boto3
+def _run_credentials(
+    ws: Workspace, enclave: EnclaveClient, local: Path | None, remote: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Session credentials for one run and the key-service reference handed to the enclave.
 
-    found = boto3.session.Session().get_credentials()
-    if found is None:
-        raise UsageError(
-            "no AWS credentials found",
-            hint="configure the standard AWS credential chain (env, profile, role)",
-        )
-    frozen = found.get_frozen_credentials()
-    aws_creds: dict[str, Any] = {
-        "access_key_id": frozen.access_key,
-        "secret_access_key": frozen.secret_key,
-        "session_token": frozen.token,
-    }
-    return aws_creds, {"region": config.region}
+    Never the host's long-term secret: STS session credentials allowing only
+    kms:Decrypt on the package's key, for 15 minutes (see
+    :mod:`strongroom.keys.sessions`), so whatever reads the enclave server's
+    memory gets no more than this run may do anyway. The key is named in the
+    package's header: read from the local file, or from the first bytes of the
+    package in the shared folder.
+    """
+    import io
+
+    from strongroom.keys.sessions import decrypt_resource, run_credentials
+    from strongroom.sealing import read_header
+    from strongroom.sealing.format import MAX_HEADER_SIZE
+
+    if local is not None:
+        with local.open("rb") as stream:
+            header = read_header(stream, name=str(local))
+    else:
+        header = read_header(io.BytesIO(enclave.read_head(remote, MAX_HEADER_SIZE)), name=remote)
+    region = ws.config.region
+    resource = decrypt_resource(header.key_id, header.encrypted_data_key, region=region)
+    return run_credentials(ws, resource).to_wire(), {"region": region}
 
 
 def _sha256(path: Path) -> str:
@@ -293,7 +297,6 @@ def run_command(
             raise UsageError(f"--env {pair!r} is not K=V")
         env[name] = value
     ws = app.workspace()
-    credentials, key_service = _run_credentials(ws)
     with connect_enclave(ws, enclave_name) as enclave:
         local = Path(package)
         if local.is_file():
@@ -313,6 +316,9 @@ def run_command(
                 f"{package}: no such file",
                 hint="name a local .sealed file, or a /path in the shared folder",
             )
+        credentials, key_service = _run_credentials(
+            ws, enclave, local if local.is_file() else None, remote
+        )
         request = {
             "package": remote,
             "entry": entry,

@@ -166,6 +166,22 @@ class EnclaveClient:
         result: str = self._call("GET", "/v1/files/checksum", params={"path": path})["sha256"]
         return result
 
+    def read_head(self, path: str, length: int) -> bytes:
+        """The first ``length`` bytes of a file (all of it, if shorter).
+
+        Enough to read a sealed package's header without fetching the package.
+        """
+        params: dict[str, str | int] = {"path": path, "offset": 0, "length": length}
+        with self._channel():
+            response = self._http.get("/v1/files/content", params=params)
+        if response.status_code >= 400:
+            raise _error_from(response)
+        if len(response.content) > length:
+            raise errors.InvalidInputError(
+                f"the enclave answered {len(response.content)} bytes of {path} for {length} asked"
+            )
+        return response.content
+
     def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
         """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 import botocore.config
@@ -307,8 +307,8 @@ _session_lock = threading.Lock()
 _shared_session: boto3.session.Session | None = None
 
 
-def _client(**kwargs: Any) -> Any:
-    """A KMS client from one per-process boto3 session.
+def boto_client(service_name: Literal["kms", "sts"], **kwargs: Any) -> Any:
+    """A boto3 client from one per-process boto3 session.
 
     Making a session loads botocore's models (~50 ms), too slow for every run;
     sessions are not thread-safe, so clients are made under a lock. Each
@@ -318,7 +318,21 @@ def _client(**kwargs: Any) -> Any:
     with _session_lock:
         if _shared_session is None:
             _shared_session = boto3.session.Session()
-        return _shared_session.client("kms", **kwargs)
+        return _shared_session.client(service_name, **kwargs)
+
+
+def default_credentials() -> Any:
+    """What boto3's default credential chain finds (None if nothing), frozen."""
+    global _shared_session
+    with _session_lock:
+        if _shared_session is None:
+            _shared_session = boto3.session.Session()
+        found = _shared_session.get_credentials()
+    return None if found is None else found.get_frozen_credentials()
+
+
+def _client(**kwargs: Any) -> Any:
+    return boto_client("kms", **kwargs)
 
 
 def _paginate(fetch: Callable[[str | None], dict[str, Any]], field: str) -> list[Any]:

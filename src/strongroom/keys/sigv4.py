@@ -134,12 +134,10 @@ class _ReplaySigner(SigV4Auth):
 
 
 def required_signed_headers(headers: Mapping[str, str]) -> list[str]:
-    """The headers of this request that its signature must cover (lower-case)."""
-    required = list(ALWAYS_SIGNED)
-    for name in headers:
-        if (name.startswith(_AMZ_PREFIX) or name in SIGNED_IF_PRESENT) and name not in required:
-            required.append(name)
-    return required
+    """The headers of this request that its signature must cover (lower-case), in the
+    order they are checked: host and date, the ``x-amz-*`` headers, then the others."""
+    amz = sorted(n for n in headers if n.startswith(_AMZ_PREFIX) and n not in ALWAYS_SIGNED)
+    return [*ALWAYS_SIGNED, *amz, *(n for n in SIGNED_IF_PRESENT if n in headers)]
 
 
 def verify(

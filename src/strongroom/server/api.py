@@ -102,7 +102,14 @@ class ChmodBody(_Body):
 
 
 class Credentials(_Body):
-    """The host's key-service credentials for one run. Never logged, never stored."""
+    """The key-service credentials of one run. Never logged, never stored.
+
+    The host sends STS session credentials scoped to kms:Decrypt on the
+    package's key, for 15 minutes, never its long-term secret, so a
+    ``session_token`` always comes with them; it stays optional on the wire
+    only for older hosts and hand-made requests, which the key service then
+    answers on their own merits.
+    """
 
     access_key_id: str = Field(max_length=128)
     secret_access_key: str = Field(max_length=256, repr=False)
@@ -458,6 +465,8 @@ class RunApi:
                 endpoint_url=endpoint,
                 access_key_id=creds.access_key_id,
                 secret_access_key=creds.secret_access_key,
+                session_token=creds.session_token,
+                credentials_label="the run's credentials",
             )
 
         spec = runs.RunSpec(

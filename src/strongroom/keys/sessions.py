@@ -1,0 +1,243 @@
+"""Scoped, short-lived credentials for one run: what the host hands the enclave.
+
+The enclave server needs to call ``kms:Decrypt`` once, for one package. It is
+given exactly that: session credentials from STS whose inline session policy
+allows ``kms:Decrypt`` on the package's key and nothing else, valid for the
+shortest time STS allows (:data:`RUN_SESSION_DURATION_S`, 15 minutes). The
+host's long-term secret never leaves the host; a copy of the session
+credentials taken from the enclave's memory opens only what the run itself may
+open, and only for minutes (the key policy still requires an approved
+attestation on top).
+
+One function, :func:`issue`, asks for them on both targets, through an
+unmodified boto3 ``sts`` client:
+
+- **local** — against the workspace key service (which serves STS on the
+  KMS endpoint), signed by the host identity, ``AssumeRole`` on the host's own
+  role ``arn:aws:iam::ACCOUNT:role/strongroom-host``;
+- **aws** — against AWS STS with boto3's default credential chain:
+  ``AssumeRole`` on ``[aws] run_role_arn`` when configured, otherwise
+  ``GetFederationToken`` (which needs an IAM user's long-term credentials).
+
+The IAM permissions the aws target needs are in ``docs/SECURITY.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import botocore.config
+import botocore.exceptions
+
+from strongroom.errors import (
+    AccessDeniedError,
+    CredentialError,
+    InvalidInputError,
+    ServiceError,
+    ServiceNotRunningError,
+    UnavailableError,
+    UsageError,
+)
+from strongroom.keys import ciphertext
+from strongroom.keys.base import InvalidCiphertextError
+from strongroom.workspace import Workspace
+
+#: The shortest session STS issues; a run needs its key within seconds of starting.
+RUN_SESSION_DURATION_S = 900
+#: Session names are ``strongroom-run-<8 hex>``, which the key-service audit log shows.
+SESSION_NAME_PREFIX = "strongroom-run-"
+#: The only action a run's credentials allow.
+RUN_ACTION = "kms:Decrypt"
+POLICY_SID = "ThisRunMayDecryptItsPackageOnly"
+
+_KEY_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+", re.ASCII)
+_STS_CONFIG: dict[str, Any] = {
+    "retries": {"max_attempts": 2, "mode": "standard"},
+    "connect_timeout": 5,
+    "read_timeout": 30,
+}
+
+
+@dataclass(frozen=True)
+class RunCredentials:
+    """Session credentials for one run. The secret and token never appear in ``repr``."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expiration: datetime
+    #: the session principal the key service sees (assumed-role or federated-user ARN)
+    principal_arn: str
+    session_name: str
+    #: the key ARN (or ARN pattern) the session policy allows kms:Decrypt on
+    resource: str
+
+    def to_wire(self) -> dict[str, str]:
+        """The ``credentials`` object of the enclave's run request."""
+        return {
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "session_token": self.session_token,
+        }
+
+
+def decrypt_only_policy(resource: str) -> str:
+    """The session policy of a run: ``kms:Decrypt`` on ``resource``, nothing else."""
+    statement = {"Sid": POLICY_SID, "Effect": "Allow", "Action": RUN_ACTION, "Resource": resource}
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]}, separators=(",", ":"))
+
+
+def decrypt_resource(key_id: str | None, encrypted_data_key: bytes, *, region: str) -> str:
+    """The key a package's data key is wrapped under, as the session policy's Resource.
+
+    A v1 header names the key ARN. A legacy package (the AWS sample's format)
+    names none: a local key-service blob names its key id, so the resource is
+    that key in any account; an AWS KMS blob is opaque, so it is any key of the
+    region (the key policy still decides, with the attestation).
+    """
+    if key_id and _KEY_ARN.fullmatch(key_id):
+        return key_id
+    if key_id and _is_uuid(key_id):
+        return f"arn:aws:kms:{region}:*:key/{key_id}"
+    try:
+        named = ciphertext.parse_header(encrypted_data_key).key_id
+    except InvalidCiphertextError:
+        return f"arn:aws:kms:{region}:*:key/*"
+    return f"arn:aws:kms:{region}:*:key/{named}"
+
+
+def new_session_name() -> str:
+    return SESSION_NAME_PREFIX + secrets.token_hex(4)
+
+
+def issue(
+    sts: Any,
+    *,
+    resource: str,
+    role_arn: str | None,
+    session_name: str | None = None,
+    duration_s: int = RUN_SESSION_DURATION_S,
+) -> RunCredentials:
+    """Ask STS for a run's credentials: ``AssumeRole`` on ``role_arn``, or
+    ``GetFederationToken`` when there is no role, with :func:`decrypt_only_policy`.
+
+    ``sts`` is a boto3 STS client (AWS STS, or the local key service's).
+    """
+    name = session_name or new_session_name()
+    policy = decrypt_only_policy(resource)
+    try:
+        if role_arn is not None:
+            answer = sts.assume_role(
+                RoleArn=role_arn, RoleSessionName=name, Policy=policy, DurationSeconds=duration_s
+            )
+            principal = answer["AssumedRoleUser"]["Arn"]
+        else:
+            answer = sts.get_federation_token(Name=name, Policy=policy, DurationSeconds=duration_s)
+            principal = answer["FederatedUser"]["Arn"]
+        creds = answer["Credentials"]
+        return RunCredentials(
+            access_key_id=creds["AccessKeyId"],
+            secret_access_key=creds["SecretAccessKey"],
+            session_token=creds["SessionToken"],
+            expiration=creds["Expiration"],
+            principal_arn=principal,
+            session_name=name,
+            resource=resource,
+        )
+    except botocore.exceptions.ClientError as e:
+        raise _sts_error(e, "AssumeRole" if role_arn else "GetFederationToken") from e
+    except botocore.exceptions.EndpointConnectionError as e:
+        raise UnavailableError(
+            f"cannot reach STS at {e.kwargs.get('endpoint_url')}",
+            hint="on the local target, start the key service: `strongroom keys serve --detach`",
+        ) from e
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as e:
+        raise UsageError(
+            str(e), hint="configure AWS credentials and region (e.g. AWS_PROFILE, AWS_REGION)"
+        ) from e
+    except botocore.exceptions.BotoCoreError as e:
+        raise UnavailableError(f"STS request failed: {e}") from e
+    except (KeyError, TypeError) as e:
+        raise ServiceError(f"STS answered without session credentials ({e})") from e
+
+
+def run_credentials(ws: Workspace, resource: str) -> RunCredentials:
+    """The scoped credentials of one run, from the workspace's STS.
+
+    The choice of target is made here, once; :func:`issue` is the same call
+    on both.
+    """
+    from strongroom.keys.aws import boto_client, default_credentials
+
+    config = ws.config
+    options = botocore.config.Config(**_STS_CONFIG)
+    if config.target == "local":
+        from strongroom.keys.service import local_endpoint
+
+        try:
+            endpoint = local_endpoint(ws)
+        except ServiceNotRunningError as e:
+            raise ServiceNotRunningError(
+                "cannot reach the key service for the run's credentials: it is not running",
+                hint=e.hint,
+            ) from e
+        host = ws.identity("host")
+        sts = boto_client(
+            "sts",
+            region_name=config.region,
+            endpoint_url=endpoint,
+            aws_access_key_id=host.access_key_id,
+            aws_secret_access_key=host.secret_access_key,
+            config=options,
+        )
+        return issue(sts, resource=resource, role_arn=host.principal_arn)
+    role = config.aws_run_role_arn
+    if role is None:
+        found = default_credentials()
+        if found is None:
+            raise UsageError(
+                "no AWS credentials found",
+                hint="configure the standard AWS credential chain (env, profile, role)",
+            )
+        if found.token:
+            raise UsageError(
+                "the host's AWS credentials are temporary, and GetFederationToken needs "
+                "an IAM user's long-term credentials",
+                hint="set [aws] run_role_arn in the workspace config.toml to a role the host "
+                "may assume (see docs/SECURITY.md)",
+            )
+    sts = boto_client("sts", region_name=config.region, config=options)
+    return issue(sts, resource=resource, role_arn=role)
+
+
+def _sts_error(error: botocore.exceptions.ClientError, operation: str) -> Exception:
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "") or str(error)
+    text = f"STS refused the run's session credentials: {message} ({code})"
+    if code in ("AccessDenied", "AccessDeniedException"):
+        return AccessDeniedError(
+            text,
+            hint=f"the host identity needs sts:{operation} (see the IAM policy in "
+            "docs/SECURITY.md)",
+        )
+    from strongroom.keys.aws import CREDENTIAL_ERROR_CODES
+
+    if code in CREDENTIAL_ERROR_CODES:
+        return CredentialError(text)
+    if code in ("ValidationError", "MalformedPolicyDocument", "PackedPolicyTooLarge"):
+        return InvalidInputError(text)
+    return ServiceError(text)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
