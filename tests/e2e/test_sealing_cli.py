@@ -213,6 +213,13 @@ def test_signing_key_seal_and_inspect(cli: Cli, tmp_path: Path) -> None:
         line = one_error(cli(*args, "--sign-key", str(bad), check=False), code)
         assert message in line and not out.exists()
 
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app)
+    cli("signing-key", "create", str(app / "inside.key"))
+    args = ["seal", str(app), "--key", "alias/classifier", "-o", str(tmp_path / "x.sealed")]
+    line = one_error(cli(*args, "--sign-key", str(app / "inside.key"), check=False), 2)
+    assert "would be sealed with the app" in line
+
 
 def test_help_has_examples(cli: Cli) -> None:
     for words in [("seal",), ("inspect",), ("signing-key",), ("signing-key", "create")]:

@@ -189,6 +189,11 @@ def seal_command(
     context = _parse_context(contexts)
     # Refuse a bad manifest or key before anything else, even a stopped key service.
     AppManifest.load(app_dir)
+    if sign_key is not None and sign_key.resolve().is_relative_to(app_dir.resolve()):
+        raise UsageError(
+            f"the signing key {sign_key} is inside {app_dir}: it would be sealed with the app",
+            hint="keep the signing key outside the application directory",
+        )
     signing_key = None if sign_key is None else load_signing_key(sign_key)
     kms = keyservice.connect(app.workspace(), identity=identity)
     with byte_progress(f"sealing {app_dir.name}", _tree_size(app_dir), enabled=not app.json) as adv:
@@ -272,6 +277,11 @@ def signing_key_group() -> None:
     FILE.pub in its enclave images (`strongroom image build --signer
     FILE.pub`): such an image refuses, before any key release, a package that
     this key did not sign.
+
+    \b
+    Example:
+      strongroom signing-key create vendor.key
+      strongroom signing-key show vendor.key.pub
     """
 
 
