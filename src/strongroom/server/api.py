@@ -252,6 +252,7 @@ class FilesApi:
         # so an interrupted upload never leaves a truncated file under its final name
         target = path
         if whole:
+            await run_in_threadpool(self.shared.check_replaceable, path)
             target = "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
         fd = await run_in_threadpool(
             self.shared.open_write,

@@ -275,6 +275,26 @@ class SharedFolder:
         with self._parent(path) as (fd, name):
             return _open_at(fd, name, path, flags)
 
+    def check_replaceable(self, path: str) -> None:
+        """Refuse, before an upload starts, to replace what a whole-file write may not.
+
+        A whole-file write lands under a temporary name and is renamed over
+        ``path``: that must not silently swap out a FIFO, socket or device an
+        app made (refused like any other access), nor fail only at the end, after
+        the upload, because ``path`` is a directory.
+        """
+        with self._parent(path) as (fd, name):
+            try:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                raise _translate(e, path) from e
+        if (kind := _special(mode)) is not None:
+            raise _refuse_special(path, kind)
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path}: is a directory")
+
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         parts = split_path(path)
         if not parts:

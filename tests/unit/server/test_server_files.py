@@ -139,6 +139,7 @@ def test_fifos_and_sockets_are_refused_without_blocking(shared: SharedFolder) ->
             partial(shared.open_write, path, create=False),
             partial(shared.truncate, path, 0),
             partial(shared.chmod, path, 0o600),
+            partial(shared.check_replaceable, path),
         ]
         for call in calls:
             error = _refused(call, fifo)
@@ -161,6 +162,10 @@ def test_fifos_and_sockets_are_refused_without_blocking(shared: SharedFolder) ->
     shared.mkdir("/d")
     shared.chmod("/d", 0o700)
     assert b"".join(shared.read("/ok.txt")) == b"fine"
+    shared.check_replaceable("/ok.txt")
+    shared.check_replaceable("/new.txt")
+    with pytest.raises(UsageError, match="is a directory"):
+        shared.check_replaceable("/d")
 
 
 def test_a_fifo_swapped_in_after_the_type_check_is_refused_too(
