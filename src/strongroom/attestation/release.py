@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.recipient import open_for_recipient
-from strongroom.errors import ServiceError, VerificationError
+from strongroom.errors import AccessDeniedError, ServiceError, VerificationError
 from strongroom.keys.base import DataKey, KeyService, Recipient
 
 RECIPIENT_KEY_SIZE = 2048
@@ -43,8 +43,13 @@ def decrypt_with_attestation(
     *,
     key_id: str | None = None,
     encryption_context: Mapping[str, str] | None = None,
+    allowed_key_ids: Collection[str] | None = None,
 ) -> bytes:
-    """Decrypt ``ciphertext_blob`` so that the plaintext exists only in this enclave."""
+    """Decrypt ``ciphertext_blob`` so that the plaintext exists only in this enclave.
+
+    With ``allowed_key_ids``, a result from any other key (as the key service
+    names it) is refused before it is opened.
+    """
     private_key, recipient = _ephemeral_recipient(attestor)
     result = keys.decrypt(
         ciphertext_blob,
@@ -52,6 +57,10 @@ def decrypt_with_attestation(
         encryption_context=encryption_context,
         recipient=recipient,
     )
+    if allowed_key_ids is not None and result.key_id not in allowed_key_ids:
+        raise AccessDeniedError(
+            f"the data key came from {result.key_id}, which this enclave image does not pin"
+        )
     return _open(result.plaintext, result.ciphertext_for_recipient, private_key)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -50,6 +52,23 @@ def image_group() -> None:
 @click.option(
     "--cpus", type=click.IntRange(1), default=2, show_default=True, help="Default enclave CPUs."
 )
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    metavar="KEY",
+    help="A key (alias, id or ARN) the image may release data keys for (repeatable).",
+)
+@click.option(
+    "--signer",
+    "signers",
+    multiple=True,
+    metavar="PUB",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also require packages signed by this Ed25519 public key (repeatable).",
+)
+@identity_option
 @pass_app
 def build_command(
     app: AppContext,
@@ -59,22 +78,36 @@ def build_command(
     image_version: str,
     memory_mib: int,
     cpus: int,
+    keys: tuple[str, ...],
+    signers: tuple[Path, ...],
+    identity: str,
 ) -> None:
     """Build a local enclave image (EIF format) and print its measurements.
 
     \b
-    The image holds the Strongroom enclave server at this version and the
-    packages your sealed apps need. Building twice from the same inputs gives
-    a bit-identical image with the same PCR0.
+    The image holds the Strongroom enclave server at this version, the
+    packages your sealed apps need, and the keys it may release data keys
+    for (--key; aliases are resolved to key ARNs now, through the key
+    service). Its enclave refuses any package sealed under another key, or
+    not signed by a --signer when you give one. Building twice from the same
+    inputs gives a bit-identical image with the same PCR0.
 
     \b
     Example:
-      strongroom image build --requirements examples/classifier/requirements.txt -o app.eif
+      strongroom image build --key alias/classifier \\
+          --requirements examples/classifier/requirements.txt -o app.eif
     """
     from strongroom.image import build_image
+    from strongroom.image.pins import VendorPins
+    from strongroom.sealing import load_signer_public_key
 
+    pins = VendorPins(
+        tuple(_unique(_key_arn(app, key, identity) for key in keys)),
+        tuple(_unique(load_signer_public_key(path) for path in signers)),
+    )
     result = build_image(
         output,
+        pins=pins,
         requirements=requirements,
         name=name,
         version=image_version,
@@ -82,8 +115,31 @@ def build_command(
         default_cpus=cpus,
         progress=None if app.json else (lambda msg: err.print(f"  {msg}")),
     )
-    data = {**result.measurements.to_nitro_json(), "Path": str(result.path), "Size": result.size}
+    data = {
+        **result.measurements.to_nitro_json(),
+        "Path": str(result.path),
+        "Size": result.size,
+        "Pins": pins.describe(),
+    }
     emit(app, data, lambda: _print_measurements(data))
+
+
+T = TypeVar("T")
+
+
+def _unique(values: Iterable[T]) -> list[T]:
+    return list(dict.fromkeys(values))
+
+
+def _key_arn(app: AppContext, key: str, identity: str) -> str:
+    """The ARN of ``key``: as given when it is a key ARN, else resolved by the key service."""
+    from strongroom.image.pins import check_key_arn
+
+    if key.startswith("arn:") and ":key/" in key:
+        return check_key_arn(key)
+    return check_key_arn(
+        keyservice.connect(app.workspace(), identity=identity).describe_key(key).arn
+    )
 
 
 def _print_measurements(data: dict[str, object]) -> None:
@@ -94,6 +150,12 @@ def _print_measurements(data: dict[str, object]) -> None:
     for name, value in measurements.items():
         if name.startswith("PCR"):  # full values: they are compared by eye and pasted
             out.print(f"{name:<5} {value}")
+    pins = data.get("Pins")
+    if isinstance(pins, dict):
+        for arn in pins.get("Keys", []) or ["(none: this image runs no sealed app)"]:
+            out.print(f"key   {arn}")
+        for fingerprint in pins.get("Signers", []):
+            out.print(f"signer {fingerprint}")
 
 
 @image_group.command("describe")

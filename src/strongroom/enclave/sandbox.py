@@ -99,7 +99,15 @@ from strongroom.server import (
     EGRESS_SOCKET,
     IMAGE_MOUNT,
     SHARED_DIR,
+    jail,
 )
+from strongroom.server.isolation import (
+    SYSTEM_DIRS,
+    SYSTEM_FILES,
+    filesystem_sizes,
+    interpreter_trees,
+)
+from strongroom.server.jail import VISIBLE_PROC
 from strongroom.transport.base import UnixAddress
 from strongroom.transport.http import http_transport
 from strongroom.workspace import Workspace
@@ -119,13 +127,16 @@ NOT_RESPONDING = (
 _POLL_S = 0.05
 LOGS_CHUNK = 64 * 1024
 
-#: Inside the sandbox.
-SANDBOX_UID = 1000
+#: Inside the sandbox: the enclave server is root of its user namespace (as it is
+#: root of a Nitro enclave), with only the capabilities the enclave's init needs
+#: to lock the sandbox down before the server starts (see strongroom.server.jail).
+SANDBOX_UID = 0
+SANDBOX_CAPS = ("CAP_SYS_ADMIN", "CAP_SETFCAP")
 SANDBOX_HOSTNAME = "enclave"
 PYCACHE_DIR = "/tmp/pycache"  # noqa: S108 - the sandbox's private tmpfs
-#: Host directories the sandbox needs (read-only), or their symlinks into /usr.
-_SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_SYSTEM_FILES = ("/etc/ld.so.cache",)
+#: The server's own /tmp (bytecode cache, temporary files): small.
+SANDBOX_TMP_MIB = 64
+_MIB = 1024 * 1024
 
 
 def _entry_module(entrypoint: str) -> str:
@@ -137,20 +148,23 @@ def _entry_module(entrypoint: str) -> str:
 
 
 ENTRY_MODULE = _entry_module(ENTRYPOINT)
-
-#: What the sandbox runs (with ``python -S -E``): the image's two ramdisks on
-#: ``sys.path`` after the host's standard library, then the entry module.
-BOOTSTRAP = f"""\
-import runpy, site, sys
-site.addsitedir("{IMAGE_MOUNT}/runtime/site-packages")
-site.addsitedir("{IMAGE_MOUNT}/app-packages")
-runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
-"""
+#: The image's two package trees, put on sys.path (after the host's standard
+#: library) by the enclave's init before it runs the entry module.
+IMAGE_SITES = (f"{IMAGE_MOUNT}/runtime/site-packages", f"{IMAGE_MOUNT}/app-packages")
 
 _NOT_DEBUG_HINT = (
     "only debug-mode enclaves have a console (as with `nitro-cli console`); "
     "restart it with `strongroom enclave start IMAGE --debug`"
 )
+
+
+def enclave_init_program() -> str:
+    """The program the sandbox starts with: the host's own copy of the jail module.
+
+    It runs before any of the image's code, so it must come from the host's
+    Strongroom, never from the image (whose server it then starts).
+    """
+    return Path(jail.__file__).read_text()
 
 
 @dataclass(frozen=True)
@@ -197,32 +211,28 @@ def cgroup_id(workspace_root: Path, name: str) -> str:
     return f"{digest}-{name}"
 
 
-def _interpreter() -> tuple[Path, list[Path]]:
-    """The host interpreter the sandbox runs, and the host trees it needs bound."""
-    executable = Path(os.path.realpath(sys.executable))
-    prefix = Path(os.path.realpath(sys.base_prefix))
-    trees = [] if prefix.is_relative_to("/usr") else [prefix]
-    if not executable.is_relative_to("/usr") and not executable.is_relative_to(prefix):
-        trees.append(executable.parent)
-    return executable, trees
-
-
 def sandbox_command(
-    bwrap: str, paths: EnclavePaths, *, control_fd: int, info_fd: int, forwards: Sequence[str]
+    bwrap: str,
+    paths: EnclavePaths,
+    *,
+    control_fd: int,
+    info_fd: int,
+    forwards: Sequence[str],
+    memory_mib: int,
 ) -> list[str]:
     """The bubblewrap command line of an enclave (see the module docstring).
 
     ``control_fd`` is the listening control socket the server inherits;
     bubblewrap writes ``{"child-pid": N}`` (the sandbox's init) to ``info_fd``.
     """
-    executable, trees = _interpreter()
+    executable, trees = interpreter_trees()
+    shared_mib, apps_mib = filesystem_sizes(memory_mib)
     argv = [
         bwrap,
         "--info-fd",
         str(info_fd),
         "--unshare-all",
         "--unshare-user",
-        "--disable-userns",
         "--uid",
         str(SANDBOX_UID),
         "--gid",
@@ -233,6 +243,10 @@ def sandbox_command(
         "--new-session",
         "--cap-drop",
         "ALL",
+    ]
+    for cap in SANDBOX_CAPS:
+        argv += ["--cap-add", cap]
+    argv += [
         "--clearenv",
         "--setenv",
         "PATH",
@@ -247,13 +261,13 @@ def sandbox_command(
         "/usr",
         "/usr",
     ]
-    for directory in _SYSTEM_DIRS:
+    for directory in SYSTEM_DIRS:
         path = Path(directory)
         if path.is_symlink():
             argv += ["--symlink", os.readlink(path), directory]
         elif path.is_dir():
             argv += ["--ro-bind", directory, directory]
-    for file in _SYSTEM_FILES:
+    for file in SYSTEM_FILES:
         argv += ["--ro-bind-try", file, file]
     for tree in trees:
         argv += ["--ro-bind", str(tree), str(tree)]
@@ -261,24 +275,26 @@ def sandbox_command(
         "--ro-bind",
         str(paths.image_dir),
         IMAGE_MOUNT,
+        # The enclave's init covers the dangerous parts of this /proc and locks
+        # it (with every other mount) before the image's code runs.
         "--proc",
-        "/proc",
-        # The sandbox's uid maps to the host user running the supervisor (root
-        # on CI); without capabilities it still passes owner checks, and
-        # sysctls under /proc/sys only check the owner: keep all of /proc
-        # read-only (bubblewrap alone covers only /proc/irq and /proc/bus).
-        "--remount-ro",
         "/proc",
         "--dev",
         "/dev",
+        "--size",
+        str(SANDBOX_TMP_MIB * _MIB),
         "--tmpfs",
         "/tmp",  # noqa: S108 - the sandbox's private tmpfs
         "--perms",
         "0700",
+        "--size",
+        str(apps_mib * _MIB),
         "--tmpfs",
         APPS_DIR,
         "--perms",
         "0700",
+        "--size",
+        str(shared_mib * _MIB),
         "--tmpfs",
         SHARED_DIR,
         "--ro-bind",
@@ -287,6 +303,8 @@ def sandbox_command(
         "--ro-bind",
         str(paths.egress_socket),
         EGRESS_SOCKET,
+        "--dir",
+        VISIBLE_PROC,
         "--remount-ro",
         "/",
         "--chdir",
@@ -298,7 +316,10 @@ def sandbox_command(
         "-X",
         f"pycache_prefix={PYCACHE_DIR}",
         "-c",
-        BOOTSTRAP,
+        enclave_init_program(),
+        "--enclave-init",
+        *IMAGE_SITES,
+        "--",
         ENTRY_MODULE,
         "--listen",
         f"fd:{control_fd}",

@@ -231,6 +231,7 @@ class Supervisor:
             control_fd=control.fileno(),
             info_fd=info_write,
             forwards=self._forwards(),
+            memory_mib=self.spec.memory_mib,
         )
         with contextlib.ExitStack() as stack:
             stack.callback(os.close, info_read)

@@ -11,11 +11,14 @@ The sections mirror what ``nitro-cli build-enclave`` writes, with local meaning:
 3     ramdisk     the Strongroom runtime: ``strongroom`` and the distributions
                   the enclave server needs, under ``site-packages/``
 4     ramdisk     the vendor's requirements, installed by pip (maybe empty)
+5     ramdisk     the vendor's pins (:mod:`.pins`): the keys and package signers
+                  this image may release keys for
 ====  ==========  ===========================================================
 
 so PCR1 measures the Strongroom runtime (like Nitro's bootstrap ramdisk) and
-PCR2 the vendor's part. The host's Python interpreter and standard library are
-*not* in the image and not measured: they play the part of Nitro's hypervisor.
+PCR2 the vendor's part: its packages and its pins. The host's Python
+interpreter and standard library are *not* in the image and not measured:
+they play the part of Nitro's hypervisor.
 
 Reproducibility is a requirement, not a nicety: a vendor must be able to
 rebuild an image and get the PCR0 it approved. Nothing time- or
@@ -48,6 +51,7 @@ from strongroom.image._archive import collect_tree, is_volatile, write_tar
 from strongroom.image.eif import Arch, Section, SectionInfo, SectionType, write_eif
 from strongroom.image.errors import ImageBuildError
 from strongroom.image.measure import Measurements, PcrCalculator
+from strongroom.image.pins import NO_PINS, PINS_FILE, VendorPins
 from strongroom.image.runtime import ENTRYPOINT, LOCAL_RUNTIME_KIND, RuntimeDescriptor
 
 #: What the enclave server imports at run time; their dependency closure
@@ -257,6 +261,7 @@ def build_image(
     output: Path,
     *,
     requirements: Path | None = None,
+    pins: VendorPins = NO_PINS,
     name: str = DEFAULT_IMAGE_NAME,
     version: str = DEFAULT_IMAGE_VERSION,
     default_mem_mib: int = DEFAULT_MEMORY_MIB,
@@ -268,7 +273,9 @@ def build_image(
 
     ``requirements`` is a pip requirements file for the vendor's application;
     ``pip_args`` are passed to pip as they are (``--no-index``,
-    ``--find-links DIR``, an index URL...).
+    ``--find-links DIR``, an index URL...). ``pins`` are the keys (and
+    signers) the image's enclave may release keys for: without any, it runs
+    no sealed app.
     """
 
     def report(message: str) -> None:
@@ -298,6 +305,8 @@ def build_image(
             application_distributions = _summary(
                 importlib.metadata.distributions(path=[str(target)])
             )
+        pins_file = Path(tmp, PINS_FILE)
+        pins_file.write_bytes(pins.to_bytes())
         metadata = _metadata(
             name,
             version,
@@ -319,6 +328,10 @@ def build_image(
                     Section(SectionType.METADATA, metadata),
                     Section(SectionType.RAMDISK, functools.partial(write_tar, files=runtime)),
                     Section(SectionType.RAMDISK, functools.partial(write_tar, files=application)),
+                    Section(
+                        SectionType.RAMDISK,
+                        functools.partial(write_tar, files={PINS_FILE: pins_file}),
+                    ),
                 ],
                 default_mem_mib=default_mem_mib,
                 default_cpus=default_cpus,

@@ -31,7 +31,8 @@ from strongroom.image.runtime import (
 
 RUNTIME_DIR = "runtime"
 APP_PACKAGES_DIR = "app-packages"
-_RAMDISK_DIRS = (RUNTIME_DIR, APP_PACKAGES_DIR)
+VENDOR_DIR = "vendor"
+_RAMDISK_DIRS = (RUNTIME_DIR, APP_PACKAGES_DIR, VENDOR_DIR)
 
 
 def _nitro_image(path: Path) -> IncompatibleImageError:
@@ -66,7 +67,7 @@ def read_runtime_descriptor(path: Path) -> RuntimeDescriptor:
 
 
 def extract_image(path: Path, dest: Path) -> Measurements:
-    """Extract ramdisk 1 into ``dest/runtime`` and ramdisk 2 into ``dest/app-packages``.
+    """Extract ramdisks 1-3 into ``dest/runtime``, ``dest/app-packages`` and ``dest/vendor``.
 
     Returns the measurements of exactly the bytes extracted. On any failure
     (including a CRC mismatch found at the end) both trees are removed.
@@ -112,7 +113,11 @@ def extract_image(path: Path, dest: Path) -> Measurements:
         if not crc_ok:
             raise ImageFormatError(f"{path}: CRC mismatch, the image is damaged")
         if len(created) != len(targets):
-            raise ImageFormatError(f"a local image has {len(targets)} ramdisks, not {len(created)}")
+            raise ImageFormatError(
+                f"a local image has {len(targets)} ramdisks, not {len(created)}",
+                hint="images built before vendor pins existed must be rebuilt: "
+                "`strongroom image build --key ... -o app.eif`",
+            )
         return calculator.result()
     except BaseException:
         for target in created:

@@ -72,6 +72,8 @@ MAX_MEMORY_MIB = 1 << 20
 MIN_PROCESSES = 1
 MAX_PROCESSES = 4096
 ENTRY_SUFFIX = ".py"
+#: Characters of a host-supplied name quoted in an error message.
+MAX_SHOWN = 200
 
 #: Environment variables the host may never set, whatever a manifest says:
 #: each changes what code runs, where it is loaded from, or how the loader,
@@ -293,7 +295,7 @@ class AppManifest:
         """Raise :class:`UsageError` unless the host may run ``entry``."""
         if not self.allows_entry(entry):
             raise UsageError(
-                f"the app's manifest does not let the host run --entry {entry!r}",
+                f"the app's manifest does not let the host run --entry {entry[:MAX_SHOWN]!r}",
                 hint=f"allowed entries: {', '.join(self.entries)}",
             )
 
@@ -307,7 +309,8 @@ class AppManifest:
                     else "the app allows no --env at all"
                 )
                 raise UsageError(
-                    f"the app's manifest does not let the host set {name!r}", hint=allowed
+                    f"the app's manifest does not let the host set {name[:MAX_SHOWN]!r}",
+                    hint=allowed,
                 )
 
 
@@ -324,7 +327,7 @@ def check_host_request(manifest: AppManifest | None, *, entry: str, env: Iterabl
     names = list(env)
     if names:
         raise UsageError(
-            f"the package has no manifest, so the host may not set {names[0]!r}",
+            f"the package has no manifest, so the host may not set {names[0][:MAX_SHOWN]!r}",
             hint=f"drop --env; a vendor allows variables by listing them in {MANIFEST_NAME}",
         )
 

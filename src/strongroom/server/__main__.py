@@ -2,6 +2,10 @@
 
 Start-up order matters:
 
+0. become non-dumpable, before holding anything secret: no process of the
+   enclave's uid (an app, if it ever escaped its jail) may ``ptrace`` the
+   server or read its ``/proc/<pid>/mem``; read the vendor's pins from the
+   image (an enclave without them would run no app, so it stops here);
 1. open the listening socket: an inherited descriptor (``fd:N``, the local
    sandbox: the runtime bound it on the host, so the enclave needs no writable
    path on the host) or an address it binds itself (``vsock:-1:5005`` on Nitro);
@@ -25,6 +29,7 @@ from pathlib import Path
 import uvicorn
 
 from strongroom.errors import StrongroomError, UsageError
+from strongroom.image.pins import PINS_PATH, VendorPins
 from strongroom.server import (
     APP_PACKAGES,
     APPS_DIR,
@@ -37,6 +42,7 @@ from strongroom.server import (
 from strongroom.server.app import EnclaveIdentity, ServerConfig, create_app
 from strongroom.server.attestor import default_attestor
 from strongroom.server.files import SharedFolder
+from strongroom.server.jail import make_undumpable
 from strongroom.transport.base import Address, TcpAddress, bind, parse_address
 from strongroom.transport.connect import HeadError, parse_authority
 from strongroom.transport.forward import KMS_LOCAL_PORT, serve_forward
@@ -72,6 +78,7 @@ async def serve(
     egress: Address | None,
     forwards: Sequence[str],
     *,
+    pins: VendorPins,
     shared_dir: str = SHARED_DIR,
     apps_dir: str = APPS_DIR,
 ) -> None:
@@ -97,6 +104,7 @@ async def serve(
         app_python_path=(APP_PACKAGES,),
         key_service_endpoint=f"http://127.0.0.1:{KMS_LOCAL_PORT}" if kms_forwarded else None,
         key_service_destination=kms_destinations[0] if kms_destinations else None,
+        pins=pins,
     )
     app = create_app(config)
     server_config = uvicorn.Config(
@@ -121,8 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--shared", default=SHARED_DIR, help="the shared folder")
     parser.add_argument("--apps", default=APPS_DIR, help="the private folder for decrypted apps")
+    parser.add_argument("--pins", default=PINS_PATH, help="the vendor's pins in the image")
     args = parser.parse_args(argv)
     try:
+        make_undumpable()
+        pins = VendorPins.load(Path(args.pins))
         sock = listening_socket(args.listen)
         egress = None if args.egress == "none" else parse_address(args.egress)
         asyncio.run(
@@ -131,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.attestor,
                 egress,
                 args.forward,
+                pins=pins,
                 shared_dir=args.shared,
                 apps_dir=args.apps,
             )

@@ -125,7 +125,8 @@ class KeyServiceRef(_Body):
 
 class RunRequest(_Body):
     package: str = Field(max_length=4096)
-    entry: str = Field(max_length=4096)
+    #: None: the manifest's only entry
+    entry: str | None = Field(default=None, max_length=4096)
     args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)

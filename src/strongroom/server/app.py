@@ -2,8 +2,9 @@
 
 ========================  ===================================================
 ``GET  /v1/describe``      version, the enclave's measurements and mode, uptime
-``POST /v1/attestation``   ``{"nonce": hex, "public_key": hex?, "user_data": hex?}``
-                           → ``{"document": base64}`` from the attestor
+``POST /v1/attestation``   ``{"nonce": hex}`` → ``{"document": base64}`` from the
+                           attestor, over the caller's nonce and the enclave's
+                           own identity key (see below)
 ``POST /v1/egress-check``  ``{"host", "port"}`` → can a tunnel to that
                            destination be opened through the egress path?
 ``POST /v1/debug/exec``    debug enclaves only: ``{"argv": [...], "timeout_s"?}``
@@ -20,6 +21,14 @@ to switch it on in a production enclave would have to forge the attestor's
 PCRs, which Nitro's hypervisor does not allow. The endpoint exists so tests
 and vendors can probe the sandbox from inside (network, files, memory).
 
+The attestation endpoint never signs what a caller chose beyond a nonce:
+its documents carry the enclave's *identity key* as ``public_key`` — a P-384
+key the server generates at start and never lets out — and no ``user_data``.
+A caller-chosen RSA key there would be an oracle: the host would send the
+document as KMS ``Recipient`` and open the vendor's data key itself. An EC key
+cannot be a ``Recipient`` (KMS requires RSA), and only the server holds its
+private half (for receipts and channels).
+
 Every request body is JSON of bounded size with exactly the documented
 fields; anything else is a 400 with ``{"error": ...}``.
 """
@@ -30,13 +39,14 @@ import asyncio
 import base64
 import json
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -48,9 +58,11 @@ from strongroom.attestation.base import Attestor
 from strongroom.attestation.document import MAX_USER_FIELD_SIZE, AttestationDocument
 from strongroom.attestation.verify import is_debug
 from strongroom.errors import StrongroomError, UnavailableError
+from strongroom.image.pins import NO_PINS, VendorPins
 from strongroom.keys.base import KeyService
 from strongroom.server.api import FilesApi, RunApi
 from strongroom.server.files import SharedFolder
+from strongroom.server.isolation import Identities
 from strongroom.server.openapi import document as openapi_document
 from strongroom.server.runs import RunEnvironment
 from strongroom.transport.base import Address
@@ -113,6 +125,14 @@ class ServerConfig:
     key_service_endpoint: str | None = None
     #: Where that forwarder leads through the egress path (host, port), to diagnose it.
     key_service_destination: tuple[str, int] | None = None
+    #: The keys and signers the image pins (no pins: no run gets a key).
+    pins: VendorPins = NO_PINS
+    #: The enclave's identity key, made at start; its public half is in every
+    #: document the attestation endpoint signs.
+    identity_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1()), repr=False
+    )
+    identities: Identities = field(default_factory=Identities)
 
 
 #: What to do when the egress path answers a tunnel to the key service with this status.
@@ -186,6 +206,10 @@ def _bad_requests(handler: Handler) -> Handler:
 def create_app(config: ServerConfig) -> Starlette:
     """The ASGI app of the enclave API."""
 
+    identity_key = config.identity_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
     async def describe(request: Request) -> JSONResponse:
         return JSONResponse(
             {
@@ -193,19 +217,19 @@ def create_app(config: ServerConfig) -> Starlette:
                 "module_id": config.identity.module_id,
                 "measurements": config.identity.measurements(),
                 "debug": config.identity.debug,
+                "identity_key": identity_key.hex(),
                 "uptime_s": round(time.monotonic() - config.started, 3),
             }
         )
 
     async def attestation(request: Request) -> JSONResponse:
-        body = await _json_body(request, {"nonce": True, "public_key": False, "user_data": False})
+        body = await _json_body(request, {"nonce": True})
         nonce = _hex_field(body, "nonce")
-        if nonce is None:
-            raise BadRequest("nonce must be a hex string")
-        public_key, user_data = _hex_field(body, "public_key"), _hex_field(body, "user_data")
+        if not nonce:
+            raise BadRequest("nonce must be a non-empty hex string")
         try:
             document = await run_in_threadpool(
-                config.attestor.attest, public_key=public_key, user_data=user_data, nonce=nonce
+                config.attestor.attest, public_key=identity_key, nonce=nonce
             )
         except StrongroomError as e:
             return _error(503, f"the attestor failed: {e.message}")
@@ -277,10 +301,11 @@ def create_app(config: ServerConfig) -> Starlette:
         return RunEnvironment(
             shared=config.shared,
             apps_root=config.apps_root,
-            python=sys.executable,
             python_path=config.app_python_path,
             attestor=config.attestor,
             key_service=key_service,
+            pins=config.pins,
+            identities=config.identities,
             measurement=config.identity.pcrs.get(0, b"").hex(),
             egress_problem=key_service_egress_problem,
         )

@@ -1,51 +1,66 @@
-"""The app jail: how one sealed app is started with no authority inside the enclave.
+r"""Confinement inside the enclave: the app jail, and the local enclave's init.
 
-Run by the enclave server as ``python -I -S jail.py SPEC_JSON`` (standard
-library only, so it starts in a few milliseconds and imports nothing an app
-could have influenced). The server holds the enclave's secrets (the attestor,
-the key-service channel, the host's run credentials, other runs' plaintext);
-an app must reach none of them. Two processes do the work:
+**The app jail.** The enclave server holds the enclave's secrets (the
+attestor, the key-service channel, the host's run credentials, other runs'
+plaintext); an app must reach none of them. The server starts each app through
+this module (``python -I -S -c ... --status-fd N ... -- APP``: standard library
+only, so it starts in milliseconds and imports nothing an app could have
+influenced). Two processes do the work:
 
-``launcher`` (this script's first process, in the server's namespaces)
-    ``unshare`` a new mount, PID, network, IPC and UTS namespace, fork the
-    jail's init, wait for it and exit with its status. It dies with the
-    server (``PR_SET_PDEATHSIG``), and the init dies with it, and with the
-    init the kernel kills every process of the PID namespace: double forks
-    and ``setsid`` cannot outlive the run.
+``launcher`` (the first process, in the server's namespaces)
+    raises its ``oom_score_adj`` (inherited by everything below it, so the
+    kernel kills an app before the server), ``unshare``\s a new mount, PID,
+    network, IPC and UTS namespace, forks the jail's init, waits for it and
+    exits with its status. It dies with the server (``PR_SET_PDEATHSIG``), the
+    init dies with it, and with the init the kernel kills every process of the
+    PID namespace: double forks and ``setsid`` cannot outlive the run.
 
-``init`` (PID 1 of the new PID namespace), before it ``exec``\\s the app:
+``init`` (PID 1 of the new PID namespace), before it ``exec``\s the app:
 
 1. builds a fresh root on a small tmpfs holding only: the system's ``/usr``
    (and ``/bin``, ``/lib*`` links), the interpreter's tree and the image's app
-   packages, all read-only; the run's own private folder (``/enclave/app``)
-   and the shared folder (``/enclave/shared``), read-write, ``nosuid,nodev``;
-   a private ``/tmp`` and ``/dev/shm`` of bounded size; ``/dev`` with only
-   null, zero, full, random and urandom; a read-only ``/proc`` of its own PID
-   namespace. Then ``pivot_root`` and the old root is detached: the server's
-   files, sockets (attestor, egress), other runs' folders and the server's
-   ``/proc`` are not in the app's world at all;
-2. raises its ``oom_score_adj`` so the kernel kills an app before the server;
-3. takes the run's uid/gid (a distinct uid per run where the enclave has
+   packages, all read-only; the run's own private folder (``/enclave/app``),
+   its own ``/tmp`` and ``/dev/shm`` (folders of the run on the server's
+   bounded app filesystem) and the shared folder (``/enclave/shared``),
+   read-write, ``nosuid,nodev``; ``/dev`` with only null, zero, full, random
+   and urandom; a read-only ``/proc`` of its own PID namespace. Then
+   ``pivot_root`` and the old root is detached: the server's files, sockets
+   (attestor, egress), other runs' folders and the server's ``/proc`` are not
+   in the app's world at all;
+2. takes the run's uid/gid (a distinct uid per run where the enclave has
    them, i.e. on Nitro; the sandbox's only uid locally), then a user namespace
-   of its own in which the app is uid 1000 and owns nothing outside;
-4. drops every capability (bounding set, ambient), sets ``no_new_privs``,
+   of its own in which the app is uid 1000 and owns nothing outside (its id
+   maps are written through the server's ``/proc``, opened before the jail
+   left it: the app's own is read-only);
+3. drops every capability (bounding set, ambient), sets ``no_new_privs``,
    limits processes (``RLIMIT_NPROC`` counts per user namespace, so the run's
    own processes only), forbids core dumps;
-5. installs a seccomp filter that refuses ``ptrace``, ``process_vm_*``,
+4. installs a seccomp filter that refuses ``ptrace``, ``process_vm_*``,
    ``perf_event_open``, new namespaces (``unshare``, ``setns``, ``clone``
    with ``CLONE_NEW*``), mounts, kernel keyrings, BPF, io_uring and module
    loading, and every socket family but ``AF_UNIX`` (``AF_INET``/``AF_INET6``
    only in the run's own, empty network namespace when the spec allows);
-6. ``exec``\\s the app's interpreter with ``-I`` (no environment variable,
+5. ``exec``\s the app's interpreter with ``-I`` (no environment variable,
    user site or current directory can change what Python runs).
 
 Setup errors are written as one line to the status descriptor and the init
 exits with :data:`SETUP_FAILED`; the descriptor is close-on-exec, so the
 server reads end-of-file with no data exactly when the app was exec'd.
 
-The same code runs in the local sandbox (where the server is uid 0 with
-capabilities inside bubblewrap's user namespace) and in a Nitro enclave
-(where it is real root). It relies only on what a minimal Linux guest has.
+**The local enclave's init** (``--enclave-init``). To make jails the server
+needs capabilities, which in bubblewrap's user namespace would let it remount
+the host's read-only binds writable. So the local sandbox first runs
+:func:`enclave_init` — the *host's* copy of this file, passed as program text
+by the supervisor, never the image's — which covers the dangerous parts of
+``/proc`` (sysctls check only the owner, and the sandbox's uid is the host
+user's, root on CI) with read-only binds, mounts one extra read-only ``/proc``
+so jails may mount theirs, and moves into a child user namespace: every mount
+made so far becomes locked there (read-only stays read-only, covers stay), and
+the image's server starts inside it with capabilities over nothing but the
+enclave. A Nitro enclave has no host mounts to protect and its own init.
+
+The same jail code runs in the local sandbox and in a Nitro enclave (where the
+server is real root); it relies only on what a minimal Linux guest has.
 """
 
 from __future__ import annotations
@@ -64,6 +79,8 @@ import sys
 SETUP_FAILED = 125
 #: The app's uid and gid inside its own user namespace.
 APP_UID = 1000
+#: The local sandbox's extra, uncovered, read-only /proc (see enclave_init).
+VISIBLE_PROC = "/run/strongroom/proc"
 
 # --- libc ------------------------------------------------------------------------
 
@@ -369,7 +386,6 @@ class Spec:
         self.root = "/tmp"  # noqa: S108 - a mount point in the jail's own mount namespace
         self.uid = self.gid = 0
         self.processes = 256
-        self.tmp_mib = self.shm_mib = 64
         self.oom_score_adj = 1000
         self.network = False
         self.cwd = "/"
@@ -382,7 +398,7 @@ class Spec:
 
 _INT_OPTIONS = {
     "--status-fd": "status_fd", "--uid": "uid", "--gid": "gid", "--processes": "processes",
-    "--tmp-mib": "tmp_mib", "--shm-mib": "shm_mib", "--oom-score-adj": "oom_score_adj",
+    "--oom-score-adj": "oom_score_adj",
 }  # fmt: skip
 
 
@@ -423,15 +439,8 @@ def parse(args: list[str]) -> Spec:
     return spec
 
 
-def build_root(spec: Spec) -> int:
-    """Assemble the app's root at ``spec.root`` and switch into it.
-
-    Returns a descriptor of a private read-write ``/proc`` (already detached
-    from every path) through which the init writes its own id maps after it
-    has left the server's user namespace; the app's own ``/proc`` is
-    read-only (on a host where the app's kernel uid is root, sysctls check
-    only the owner).
-    """
+def build_root(spec: Spec) -> None:
+    """Assemble the app's root at ``spec.root`` and switch into it."""
     root = spec.root
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _tmpfs(root, 4, 0o755)
@@ -439,34 +448,25 @@ def build_root(spec: Spec) -> int:
         _bind(tree, root + tree, writable=False)
     for link, target in spec.links:
         os.symlink(target, root + link)
-    for source, target in spec.rw:
-        _bind(source, root + target, writable=True)
     os.makedirs(root + "/etc", exist_ok=True)
     for name, text in (("passwd", PASSWD), ("group", GROUP)):
         with open(f"{root}/etc/{name}", "w") as f:
             f.write(text)
-    _tmpfs(root + "/tmp", spec.tmp_mib, 0o1777)  # noqa: S108 - the jail's own
     _tmpfs(root + "/dev", 1, 0o755, MS_NOSUID | MS_NOEXEC)
     for device in DEVICES:
         _bind("/dev/" + device, f"{root}/dev/{device}", writable=True)
     for name, target in DEV_LINKS.items():
         os.symlink(target, f"{root}/dev/{name}")
-    _tmpfs(root + "/dev/shm", spec.shm_mib, 0o1777)  # noqa: S108 - the jail's own
-    proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for source, target in spec.rw:  # after /dev: /dev/shm is one of them
+        _bind(source, root + target, writable=True)
     _makedirs(root + "/proc")
-    _mount("proc", root + "/proc", "proc", proc_flags | MS_RDONLY)
-    _makedirs(root + "/.proc-rw")
-    _mount("proc", root + "/.proc-rw", "proc", proc_flags)
-    proc_rw = os.open(root + "/.proc-rw", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    _check(_libc.umount2(f"{root}/.proc-rw".encode(), MNT_DETACH), "detach the private /proc")
-    os.rmdir(root + "/.proc-rw")
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     _makedirs(root + "/.old-root")
     _pivot_root(root, root + "/.old-root")
     os.chdir("/")
     _check(_libc.umount2(b"/.old-root", MNT_DETACH), "detach the old root")
     os.rmdir("/.old-root")
     _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return proc_rw
 
 
 def _pivot_root(new_root: str, put_old: str) -> None:
@@ -476,6 +476,7 @@ def _pivot_root(new_root: str, put_old: str) -> None:
 
 
 def _write_proc(proc: int, name: str, text: str) -> None:
+    """Write ``text`` to ``name`` under the /proc opened as ``proc`` (a directory fd)."""
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
@@ -486,20 +487,27 @@ def _write_proc(proc: int, name: str, text: str) -> None:
         raise SetupError(f"write /proc/{name}: {e.strerror}") from None
 
 
+def _enter_user_namespace(proc: int, uid: int, gid: int, *, inner: int) -> None:
+    """A new user namespace where we are ``inner``, mapped to ``uid``/``gid`` outside.
+
+    The maps are opened after the ``unshare`` (they belong to the namespace the
+    task is in when they are opened). Mapping the parent's uid 0 needs
+    CAP_SETFCAP at the ``unshare`` (Linux >= 5.12).
+    """
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare the user namespace")
+    _write_proc(proc, "self/setgroups", "deny")
+    _write_proc(proc, "self/uid_map", f"{inner} {uid} 1")
+    _write_proc(proc, "self/gid_map", f"{inner} {gid} 1")
+
+
 def drop_authority(spec: Spec, proc: int) -> None:
-    """Steps 2-4 of the module docstring, in the order the kernel allows them."""
-    _write_proc(proc, "self/oom_score_adj", str(spec.oom_score_adj))
+    """Steps 2 and 3 of the module docstring, in the order the kernel allows them."""
     uid, gid = spec.uid, spec.gid
     if set(os.getgroups()) - {gid}:
         os.setgroups([])  # (in a user namespace with setgroups denied there are none to drop)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    # Mapping the parent's uid 0 needs CAP_SETFCAP at this point (Linux >= 5.12):
-    # the local server keeps it; on Nitro uid is not 0 here.
-    _check(_libc.unshare(CLONE_NEWUSER), "unshare the user namespace")
-    _write_proc(proc, "self/setgroups", "deny")
-    _write_proc(proc, "self/uid_map", f"{APP_UID} {uid} 1")
-    _write_proc(proc, "self/gid_map", f"{APP_UID} {gid} 1")
+    _enter_user_namespace(proc, uid, gid, inner=APP_UID)
     os.close(proc)
     for cap in range(64):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
@@ -512,6 +520,11 @@ def drop_authority(spec: Spec, proc: int) -> None:
     os.umask(0o002)
 
 
+def make_undumpable() -> None:
+    """``PR_SET_DUMPABLE`` 0 for the calling process (the server, at start)."""
+    _prctl(PR_SET_DUMPABLE, 0, "not dumpable")
+
+
 # --- the two processes -----------------------------------------------------------
 
 
@@ -522,10 +535,13 @@ def _fail(status_fd: int, message: str) -> None:
         os._exit(SETUP_FAILED)
 
 
-def init(spec: Spec, alive_fd: int) -> None:
-    """PID 1 of the jail: set up, then become the app (never returns)."""
+def init(spec: Spec, proc: int, alive_fd: int) -> None:
+    """PID 1 of the jail: set up, then become the app (never returns).
+
+    ``proc`` is a descriptor of the server's /proc, opened by the launcher.
+    """
     try:
-        proc = build_root(spec)
+        build_root(spec)
         drop_authority(spec, proc)
         os.chdir(spec.cwd)
         # armed last: every credential change above clears the parent-death signal
@@ -549,7 +565,9 @@ def init(spec: Spec, alive_fd: int) -> None:
 def launch(spec: Spec) -> int:
     """The launcher: new namespaces, fork the init, wait, report its status."""
     _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
-    _prctl(PR_SET_DUMPABLE, 0, "not dumpable")
+    make_undumpable()
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    _write_proc(proc, "self/oom_score_adj", str(spec.oom_score_adj))
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
     _check(_libc.unshare(flags), "unshare namespaces")
     alive_read, alive_write = os.pipe()
@@ -557,7 +575,8 @@ def launch(spec: Spec) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(alive_write)
-        init(spec, alive_read)
+        init(spec, proc, alive_read)
+    os.close(proc)
     os.close(alive_read)
     os.close(spec.status_fd)
     # only the app's processes hold its output pipes: EOF comes when the last one is gone
@@ -581,7 +600,52 @@ def launch(spec: Spec) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+# --- the local enclave's init -------------------------------------------------------
+
+#: Top-level /proc entries the server keeps writable: the processes themselves.
+_PROC_KEEP = ("self", "thread-self")
+
+
+def enclave_init(args: list[str]) -> None:
+    """Lock the local sandbox's mounts, then run the enclave server (see the docstring).
+
+    ``args`` is ``SITE_DIR... -- MODULE ARGS...``: the image's package trees to
+    put on ``sys.path``, then the server module and its arguments.
+    """
+    split = args.index("--")
+    sites, command = args[:split], args[split + 1 :]
+    proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for name in sorted(os.listdir("/proc")):
+        path = "/proc/" + name
+        if name.isdigit() or name in _PROC_KEEP or os.path.islink(path):
+            continue
+        _mount(path, path, None, MS_BIND)
+        _mount(
+            None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        )
+    _mount("proc", VISIBLE_PROC, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUSER), "unshare the user namespace")
+    _write_proc(proc, "self/setgroups", "deny")
+    _write_proc(proc, "self/uid_map", "0 0 1")
+    _write_proc(proc, "self/gid_map", "0 0 1")
+    os.close(proc)
+    import runpy
+    import site
+
+    for directory in sites:
+        site.addsitedir(directory)
+    sys.argv = command
+    runpy.run_module(command[0], run_name="__main__", alter_sys=True)
+
+
 def main(args: list[str]) -> int:
+    if args[:1] == ["--enclave-init"]:
+        try:
+            enclave_init(args[1:])
+        except (SetupError, OSError, ValueError) as e:
+            sys.stderr.write(f"enclave init: {e}\n")
+            return SETUP_FAILED
+        return 0
     try:
         spec = parse(args)
     except (SetupError, ValueError, IndexError) as e:

@@ -2,22 +2,31 @@
 
 The life of one run, and what holds at each step:
 
-1. The sealed package is opened from the shared folder; only its header is
-   read before the key is released.
+1. The sealed package's header is read from the shared folder (no key
+   needed). Before anything is released, the server refuses a package this
+   image does not pin (:mod:`strongroom.image.pins`: its key, or its signer)
+   and a request its manifest does not allow (the entry, the environment;
+   without a manifest: any entry inside the app, no environment).
 2. The data key is released by the key service to *this* enclave only: the
    server makes an ephemeral RSA key, gets an attestation document binding it,
-   and calls Decrypt with ``Recipient`` through the egress channel, using the
-   credentials the host passed for this run (kept in memory, never logged).
-   The answer is opened with the ephemeral key, which then goes away.
+   and calls Decrypt with ``Recipient`` through the egress channel, naming the
+   pinned key, with the short-lived credentials the host passed for this run
+   (kept in memory, never logged). The answer is opened with the ephemeral
+   key, which then goes away.
 3. The package is stream-decrypted and safely extracted into a fresh private
    directory on the enclave's memory-backed filesystem — never the shared
-   folder, which the host can read.
-4. The entry script runs with the image's Python; relative arguments resolve
-   inside the private app folder (its working directory), absolute ones are
-   mapped into the shared folder (``/dataset/x`` → ``<shared>/dataset/x``).
+   folder, which the host can read. Every chunk authenticates the header, so
+   a manifest the host edited stops the run here.
+4. The entry script runs in the app jail (:mod:`strongroom.server.jail`,
+   inputs from :mod:`strongroom.server.isolation`): its own namespaces, root,
+   uid and user namespace; no capability, attestor, key-service channel or
+   network; seccomp; a process limit. Relative arguments resolve inside the
+   private app folder (its working directory), absolute ones are mapped into
+   the shared folder (``/dataset/x`` → ``<shared>/dataset/x``).
 5. stdout and stderr stream back as they come; the exit status ends the run.
-6. Whatever happens — success, failure, timeout, client gone — the app's
-   process group is killed and its private directory wiped.
+6. Whatever happens — success, failure, timeout, client gone — the jail is
+   killed (with its PID namespace, every process the app made) and the
+   private directory wiped.
 """
 
 from __future__ import annotations
@@ -30,29 +39,44 @@ import shutil
 import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.release import decrypt_with_attestation
-from strongroom.errors import AccessDeniedError, StrongroomError, UnavailableError, UsageError
+from strongroom.errors import (
+    AccessDeniedError,
+    CredentialError,
+    StrongroomError,
+    UnavailableError,
+    UsageError,
+)
+from strongroom.image.pins import VendorPins
 from strongroom.keys.base import KeyService
-from strongroom.sealing import open_package, read_header
+from strongroom.sealing import Header, check_host_request, open_package, read_header
+from strongroom.sealing.manifest import DEFAULT_PROCESSES, AppManifest
 from strongroom.server.files import SharedFolder, split_path
+from strongroom.server.isolation import (
+    Identities,
+    JailSpec,
+    RunFolder,
+    app_environment,
+    hand_over,
+)
+from strongroom.server.jail import SETUP_FAILED
 
 OUTPUT_CHUNK = 64 * 1024
-#: Environment names the host may not set for the app: they would change what runs.
-RESERVED_ENV = frozenset(
-    {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "HOME"}
-)
+#: How long the jail may take to start the app (namespaces, mounts, exec).
+JAIL_START_TIMEOUT_S = 30.0
+_SETUP_MESSAGE_MAX = 4096
 
 
 @dataclass(frozen=True)
 class RunSpec:
     package: str  # shared-folder path of the sealed package
-    entry: str  # path of the entry script inside the app
+    entry: str | None  # path of the entry script inside the app; None: the manifest's only one
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     timeout_s: float | None = None
@@ -64,10 +88,13 @@ class RunEnvironment:
 
     shared: SharedFolder
     apps_root: Path  # private, memory-backed
-    python: str  # the image's interpreter
     python_path: tuple[str, ...]  # where the image's app packages are
     attestor: Attestor
     key_service: Callable[[], KeyService]  # made per run, with the run's credentials
+    #: The keys and signers this image may release keys for.
+    pins: VendorPins
+    #: Hands each concurrent run its uid.
+    identities: Identities = field(default_factory=Identities)
     #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
     measurement: str = ""
     #: Says which hop of the egress path to the key service fails (None: none does), so
@@ -85,7 +112,22 @@ def map_argument(arg: str, shared: SharedFolder) -> str:
     return arg
 
 
-def _entry_path(app_dir: Path, entry: str) -> Path:
+def choose_entry(requested: str | None, manifest: AppManifest | None) -> str:
+    """The entry to run: the one asked for, or the manifest's only entry."""
+    if requested is not None:
+        return requested
+    if manifest is not None and len(manifest.entries) == 1:
+        return manifest.entries[0]
+    hint = (
+        f"the app's entries: {', '.join(manifest.entries)}"
+        if manifest is not None
+        else "e.g. --entry main.py (see `strongroom inspect PACKAGE`)"
+    )
+    raise UsageError("name the script to run with --entry", hint=hint)
+
+
+def _entry_path(app_dir: Path, entry: str) -> str:
+    """``entry`` as a normalised path relative to the app, once it is known to be a file there."""
     parts = PurePosixPath(entry).parts
     if not parts or entry.startswith("/") or ".." in parts:
         raise UsageError(
@@ -97,7 +139,7 @@ def _entry_path(app_dir: Path, entry: str) -> Path:
         raise UsageError(
             f"the app has no file {entry!r}", hint="check --entry against `strongroom inspect`"
         )
-    return path
+    return "/".join(resolved.relative_to(app_dir.resolve()).parts)
 
 
 def _event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -106,60 +148,104 @@ def _event(kind: str, **fields: Any) -> dict[str, Any]:
 
 async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, Any]]:
     """Run ``spec``; yield ``status``, ``stdout``/``stderr`` and finally ``exit`` events."""
-    app_dir = envr.apps_root / uuid.uuid4().hex
+    folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
+    app_dir = folder.app
     process: asyncio.subprocess.Process | None = None
     #: Set once the run is over: an extraction still going on then wipes what it wrote.
     abandoned = threading.Event()
     try:
         split_path(spec.package)
-        for name, _ in spec.env:
-            if name.upper() in RESERVED_ENV or not name.isidentifier():
-                raise UsageError(f"the app's environment may not set {name!r}")
+        header = await asyncio.to_thread(_read_header, spec, envr)
+        key_ids = envr.pins.check_package(header, name=spec.package)
+        manifest = header.manifest
+        entry = choose_entry(spec.entry, manifest)
+        check_host_request(manifest, entry=entry, env=[name for name, _ in spec.env])
+        if manifest is not None and manifest.egress:
+            needs = ", ".join(f"{host}:{port}" for host, port in manifest.egress)
+            raise UnavailableError(
+                f"the app needs network egress ({needs}), which this enclave does not grant apps",
+                hint="apps run without any network here; ask the vendor for a build without it",
+            )
+        processes = (manifest.processes if manifest else None) or DEFAULT_PROCESSES
         yield _event("status", message="releasing the data key to this enclave")
         try:
-            data_key = await asyncio.to_thread(_release_key, spec, envr)
+            data_key = await asyncio.to_thread(_release_key, spec, header, key_ids, envr)
         except UnavailableError:
             problem = None if envr.egress_problem is None else await envr.egress_problem()
             if problem is None:
                 raise
             raise problem from None
         yield _event("status", message="decrypting the app into enclave memory")
-        app_dir.mkdir(mode=0o700, parents=True)
+        folder.create()
         await asyncio.to_thread(_open_into, spec, envr, data_key, app_dir, abandoned)
         del data_key
-        entry = _entry_path(app_dir, spec.entry)
-        # -S -s: the app sees the standard library and the image's packages (PYTHONPATH),
-        # never whatever else the interpreter's own site-packages hold
-        argv = [envr.python, "-S", "-s", str(entry)]
-        argv += [map_argument(a, envr.shared) for a in spec.args]
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(app_dir),
-            "PYTHONPATH": os.pathsep.join(envr.python_path),
-            "PYTHONUNBUFFERED": "1",
-            "LANG": "C.UTF-8",
-            **dict(spec.env),
-        }
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=app_dir,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+        relative_entry = _entry_path(app_dir, entry)
+        with envr.identities.claim() as identity:
+            await asyncio.to_thread(hand_over, folder, identity)
+            status_read, status_write = os.pipe()
+            try:
+                jail = JailSpec(
+                    folder=folder,
+                    shared_dir=envr.shared.root,
+                    packages=envr.python_path,
+                    entry=relative_entry,
+                    args=tuple(map_argument(a, envr.shared) for a in spec.args),
+                    env=app_environment(dict(spec.env)),
+                    identity=identity,
+                    processes=processes,
+                    status_fd=status_write,
+                )
+                process = await asyncio.create_subprocess_exec(
+                    *jail.command(),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    pass_fds=(status_write,),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(status_write)
+            setup_error = await _jail_started(status_read)
+            if setup_error:
+                raise StrongroomError(
+                    setup_error, hint="the enclave cannot isolate apps: report this with its logs"
+                )
+            yield _event("started", pid=process.pid)
+            async for event in _supervise(process, spec.timeout_s):
+                yield event
+    except StrongroomError as e:
+        yield _event(
+            "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
         )
-        yield _event("started", pid=process.pid)
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        assert process.stdout is not None and process.stderr is not None
-        pumps = [
-            asyncio.create_task(_pump(process.stdout, "stdout", queue)),
-            asyncio.create_task(_pump(process.stderr, "stderr", queue)),
-        ]
-        loop = asyncio.get_running_loop()
-        deadline = None if spec.timeout_s is None else loop.time() + spec.timeout_s
-        open_streams = 2
-        timed_out = False
+    finally:
+        running = process if process is not None and process.returncode is None else None
+        if running is not None:
+            _kill(running)
+        # Wipe before any await: when the client went away this generator is being
+        # cancelled, and the cancellation is re-raised at every await of this block.
+        abandoned.set()
+        shutil.rmtree(folder.root, ignore_errors=True)
+        if running is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(running.wait(), 5)
+            shutil.rmtree(folder.root, ignore_errors=True)  # anything the dying app still wrote
+
+
+async def _supervise(
+    process: asyncio.subprocess.Process, timeout_s: float | None
+) -> AsyncIterator[dict[str, Any]]:
+    """Stream the app's output until it ends (or times out), then its ``exit`` event."""
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    assert process.stdout is not None and process.stderr is not None
+    pumps = [
+        asyncio.create_task(_pump(process.stdout, "stdout", queue)),
+        asyncio.create_task(_pump(process.stderr, "stderr", queue)),
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    open_streams = 2
+    timed_out = False
+    try:
         while open_streams:
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             try:
@@ -172,45 +258,55 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
                 open_streams -= 1
             else:
                 yield item
+    finally:
         for pump in pumps:
             pump.cancel()
-        code = await process.wait()
-        if timed_out:
-            yield _event("exit", code=124, reason=f"timed out after {spec.timeout_s:g}s")
-        elif code < 0:
-            yield _event("exit", code=128 - code, reason=f"killed by {signal.Signals(-code).name}")
-        else:
-            yield _event("exit", code=code)
-    except StrongroomError as e:
-        yield _event(
-            "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
-        )
-    finally:
-        running = process if process is not None and process.returncode is None else None
-        if running is not None:
-            _kill(running)
-        # Wipe before any await: when the client went away this generator is being
-        # cancelled, and the cancellation is re-raised at every await of this block.
-        abandoned.set()
-        shutil.rmtree(app_dir, ignore_errors=True)
-        if running is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(running.wait(), 5)
-            shutil.rmtree(app_dir, ignore_errors=True)  # anything the dying app still wrote
+    code = await process.wait()
+    if timed_out:
+        yield _event("exit", code=124, reason=f"timed out after {timeout_s:g}s")
+    elif code < 0:
+        yield _event("exit", code=128 - code, reason=f"killed by {signal.Signals(-code).name}")
+    elif code == SETUP_FAILED:
+        yield _event("exit", code=code, reason="the app sandbox failed while starting the app")
+    else:
+        yield _event("exit", code=code)
 
 
-def _release_key(spec: RunSpec, envr: RunEnvironment) -> bytes:
+async def _jail_started(status_read: int) -> str:
+    """Wait until the jail exec'd the app (EOF, returns "") or reported a setup error."""
+
+    def read_all() -> bytes:
+        with os.fdopen(status_read, "rb") as status:
+            return status.read(_SETUP_MESSAGE_MAX)
+
+    try:
+        message = await asyncio.wait_for(asyncio.to_thread(read_all), JAIL_START_TIMEOUT_S)
+    except TimeoutError:
+        return f"the app sandbox did not start the app within {JAIL_START_TIMEOUT_S:g} s"
+    return message.decode(errors="replace").strip()
+
+
+def _read_header(spec: RunSpec, envr: RunEnvironment) -> Header:
     fd = envr.shared.open_read(spec.package)
     with os.fdopen(fd, "rb") as stream:
-        header = read_header(stream, name=spec.package)
+        return read_header(stream, name=spec.package)
+
+
+def _release_key(
+    spec: RunSpec, header: Header, key_ids: Sequence[str], envr: RunEnvironment
+) -> bytes:
     try:
         return decrypt_with_attestation(
             envr.key_service(),
             envr.attestor,
             header.encrypted_data_key,
-            key_id=header.key_id,
+            # name the key: a blob from any other key is then refused by the key service
+            key_id=key_ids[0] if len(key_ids) == 1 else None,
             encryption_context=header.encryption_context or None,
+            allowed_key_ids=key_ids,
         )
+    except CredentialError:
+        raise  # the run's credentials, not the image, are what the key service refused
     except AccessDeniedError as e:
         raise AccessDeniedError(
             f"the key service refused to release the app's key to this enclave: "
@@ -246,8 +342,10 @@ async def _pump(
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill the jail's launcher and init (one process group): the init's death takes
+    every process of the app's PID namespace with it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
 
 
-__all__ = ["RunEnvironment", "RunSpec", "map_argument", "run"]
+__all__ = ["RunEnvironment", "RunSpec", "choose_entry", "map_argument", "run"]
