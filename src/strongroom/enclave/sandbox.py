@@ -343,6 +343,13 @@ def bwrap_path() -> str:
     return bwrap
 
 
+_USERNS_PROBE = (
+    "import ctypes, sys; "
+    "sys.exit(ctypes.CDLL(None, use_errno=True).unshare(0x10000000) and "
+    "'nested user namespaces are not allowed')"
+)
+
+
 def check_sandbox() -> None:
     """Run a trial sandbox; raise a one-line error saying what to install or enable."""
     bwrap = bwrap_path()
@@ -352,9 +359,11 @@ def check_sandbox() -> None:
                 "user namespaces are disabled on this machine: the local enclave needs them",
                 hint="enable them: sysctl -w user.max_user_namespaces=15000",
             )
-    executable, _ = _interpreter()
-    probe = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--ro-bind", "/", "/"]
-    probe += ["--", str(executable), "-S", "-E", "-c", ""]
+    executable, _ = interpreter_trees()
+    # the sandbox, and the child user namespace its init moves into
+    probe = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID)]
+    probe += [arg for cap in SANDBOX_CAPS for arg in ("--cap-add", cap)]
+    probe += ["--ro-bind", "/", "/", "--", str(executable), "-S", "-E", "-c", _USERNS_PROBE]
     result = subprocess.run(probe, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
