@@ -69,6 +69,7 @@ def _serve_canned(port_out: Any) -> None:
 
 def _client(
     endpoint: str,
+    region: str,
     creds: tuple[str, str],
     op: str,
     key: str,
@@ -79,7 +80,7 @@ def _client(
 ) -> None:
     kms = boto3.session.Session().client(
         "kms",
-        region_name="us-east-1",
+        region_name=region,  # the key service refuses a credential scoped elsewhere
         endpoint_url=endpoint,
         aws_access_key_id=creds[0],
         aws_secret_access_key=creds[1],
@@ -103,6 +104,7 @@ def _client(
 
 def measure(
     endpoint: str,
+    region: str,
     creds: tuple[str, str],
     op: str,
     key: str,
@@ -114,7 +116,9 @@ def measure(
     out = ctx.Queue()
     start = time.time() + 1.5
     procs = [
-        ctx.Process(target=_client, args=(endpoint, creds, op, key, blob, seconds, start, out))
+        ctx.Process(
+            target=_client, args=(endpoint, region, creds, op, key, blob, seconds, start, out)
+        )
         for _ in range(clients)
     ]
     for p in procs:
@@ -151,6 +155,7 @@ def main() -> None:
     try:
         vendor = ws.identity("vendor")
         creds = (vendor.access_key_id, vendor.secret_access_key)
+        region = ws.config.region
         kms = keyservice.connect(ws)
         key = kms.create_key().key_id
         blob = kms.generate_data_key(key).ciphertext_blob
@@ -160,8 +165,8 @@ def main() -> None:
         )
         for op in ("GenerateDataKey", "Decrypt"):
             for n in counts:
-                ours = measure(endpoint, creds, op, key, blob, n, args.seconds)
-                base = measure(canned_endpoint, creds, op, key, blob, n, args.seconds)
+                ours = measure(endpoint, region, creds, op, key, blob, n, args.seconds)
+                base = measure(canned_endpoint, region, creds, op, key, blob, n, args.seconds)
                 print(
                     f"{op:<16}{n:>8}{ours['rps']:>10.0f}{ours['p50_ms']:>9.1f}"
                     f"{ours['p99_ms']:>9.1f}{base['rps']:>12.0f}{ours['rps'] / base['rps']:>8.2f}"

@@ -22,10 +22,12 @@ def exports(text: str) -> dict[str, str]:
     return env
 
 
-def aws(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def aws(
+    env: dict[str, str], *args: str, check: bool = True, service: str = "kms"
+) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env
     result = subprocess.run(
-        [AWS, "kms", *args, "--output", "json"], env=full, capture_output=True, text=True
+        [AWS, service, *args, "--output", "json"], env=full, capture_output=True, text=True
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -80,6 +82,62 @@ def test_runbook_key_flow(cli: Cli, home: Path, tmp_path: Path) -> None:
 
     cli("keys", "stop")
     assert "not running" in cli("keys", "status").stdout
+
+
+def test_session_credentials_with_the_aws_cli(cli: Cli, tmp_path: Path) -> None:
+    """`aws sts assume-role` against `keys serve`, then `aws kms` with the session's env."""
+    cli("init")
+    cli("keys", "serve", "--detach")
+    host = exports(cli("env", "--as", "host").stdout)
+    assert host["AWS_ENDPOINT_URL_STS"] == host["AWS_ENDPOINT_URL_KMS"]
+    role = json.loads(cli("--json", "env", "--as", "host").stdout)["principal_arn"]
+    key = json.loads(aws(host, "create-key").stdout)["KeyMetadata"]
+    dk = json.loads(
+        aws(host, "generate-data-key", "--key-id", key["KeyId"], "--key-spec", "AES_256").stdout
+    )
+    blob = tmp_path / "data-key.bin"
+    blob.write_bytes(base64.b64decode(dk["CiphertextBlob"]))
+    policy = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key["Arn"]}],
+        }
+    )
+    assumed = json.loads(
+        aws(
+            host,
+            "assume-role",
+            "--role-arn",
+            role,
+            "--role-session-name",
+            "cli-session",
+            "--policy",
+            policy,
+            "--duration-seconds",
+            "900",
+            service="sts",
+        ).stdout
+    )
+    creds = assumed["Credentials"]
+    session = host | {
+        "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": creds["SessionToken"],
+    }
+    who = json.loads(aws(session, "get-caller-identity", service="sts").stdout)
+    assert who["Arn"] == assumed["AssumedRoleUser"]["Arn"]
+    assert who["Arn"].endswith(":assumed-role/strongroom-host/cli-session")
+    plain = json.loads(aws(session, "decrypt", "--ciphertext-blob", f"fileb://{blob}").stdout)
+    assert plain["Plaintext"] == dk["Plaintext"]
+    other = aws(session, "encrypt", "--key-id", key["KeyId"], "--plaintext", "eA==", check=False)
+    assert other.returncode != 0 and "AccessDeniedException" in other.stderr
+    # the host's own credentials still do what the session may not
+    assert aws(host, "encrypt", "--key-id", key["KeyId"], "--plaintext", "eA==").returncode == 0
+    audit = json.loads(cli("--json", "keys", "audit", "--key", key["KeyId"]).stdout)
+    by_session = [
+        (e["operation"], e["outcome"]) for e in audit if e.get("session") == "cli-session"
+    ]
+    assert by_session == [("Decrypt", "allowed"), ("Encrypt", "denied")]
 
 
 def test_strongroom_keys_commands(cli: Cli, tmp_path: Path) -> None:

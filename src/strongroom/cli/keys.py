@@ -92,6 +92,11 @@ def env_command(app: AppContext, identity: str) -> None:
     """Print shell exports that point AWS tools at the local key service.
 
     \b
+    The key service also serves STS (AssumeRole, GetFederationToken,
+    GetCallerIdentity) on the same endpoint, for short-lived scoped
+    session credentials.
+
+    \b
     Example:
       eval "$(strongroom env --as vendor)"
       aws kms create-key
@@ -104,13 +109,14 @@ def env_command(app: AppContext, identity: str) -> None:
         "AWS_REGION": ws.config.region,
         "AWS_DEFAULT_REGION": ws.config.region,
         "AWS_ENDPOINT_URL_KMS": keyservice.endpoint_url(ws),
+        "AWS_ENDPOINT_URL_STS": keyservice.endpoint_url(ws),
     }
     if app.json:
         emit_json(
             {"account_id": ident.account_id, "principal_arn": ident.principal_arn, "env": env}
         )
         return
-    # unset a session token a user may have exported: it would break local signatures
+    # unset a session token a user may have exported: the key service would refuse it
     click.echo("unset AWS_SESSION_TOKEN AWS_PROFILE")
     for name, value in env.items():
         click.echo(f"export {name}={shlex.quote(value)}")
