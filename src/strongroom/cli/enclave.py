@@ -174,8 +174,8 @@ def status_command(app: AppContext, name: str | None) -> None:
     \b
     States: STARTING, RUNNING, STOPPED (ended with code 0), FAILED (exit code,
     signal, or out of memory: see the reason). A RUNNING enclave's server is
-    asked to answer on its control socket: "responding NO" means it is
-    stopped, wedged or out of memory (see the reason); stop and restart it.
+    asked to answer on its control socket: "answers NO" (JSON: "responding":
+    false) means it is stopped, wedged or out of memory; stop and restart it.
 
     \b
     Examples:
@@ -193,7 +193,7 @@ def status_command(app: AppContext, name: str | None) -> None:
             _render_detail(statuses[0])
             return
         emit_table(
-            ["name", "state", "responding", "pid", "cpus", "memory", "debug", "started", "reason"],
+            ["name", "state", "answers", "pid", "cpus", "memory", "debug", "started", "reason"],
             [
                 (
                     s.name,
