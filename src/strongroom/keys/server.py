@@ -1,14 +1,21 @@
-"""The local key service as an HTTP server speaking the AWS KMS JSON 1.1 protocol.
+"""The local key service as an HTTP server speaking AWS KMS's JSON 1.1 protocol (and STS).
 
-Wire: ``POST /`` with ``X-Amz-Target: TrentService.<Operation>`` and a JSON
-body (blobs base64), signed with SigV4; answers JSON, errors as HTTP 400 with
-``{"__type": "<Code>", "message": "..."}``. So unmodified boto3 clients and the
-``aws kms`` CLI work against it, with ``endpoint_url`` pointing here.
+Wire: ``POST /`` with ``Content-Type: application/x-amz-json-1.1``,
+``X-Amz-Target: TrentService.<Operation>`` and a JSON body (blobs base64),
+signed with SigV4 for ``kms`` in the workspace region; answers JSON, errors as
+HTTP 400 with ``{"__type": "<Code>", "message": "..."}``. A form-encoded
+``POST /`` signed for ``sts`` is STS's query protocol (:mod:`.sts`), answered
+in XML. So unmodified boto3 clients and the ``aws kms``/``aws sts`` CLI work
+against it, with ``endpoint_url`` pointing here.
 
 The server is a bare ASGI application (no framework: one route, and this is the
-hot path of every seal and every run). Each request is authenticated, handed to
-a :class:`LocalKeyService` acting for the signer, and recorded in the audit log
-whatever the outcome. A bad request never stops the server.
+hot path of every seal and every run). Each request is authenticated
+(:mod:`.sigv4`: long-term workspace identities, or sessions STS issued),
+handed to a :class:`LocalKeyService` acting for the signer, and recorded in
+the audit log whatever the outcome. Bad input is answered in KMS's shape, never
+with a traceback: bodies are capped (:data:`MAX_BODY`, :data:`BODY_TIMEOUT_S`)
+and JSON nesting is bounded (:data:`MAX_JSON_DEPTH`) before it is decoded; the
+connection-level bounds are in :mod:`._protocol`.
 """
 
 from __future__ import annotations
