@@ -256,7 +256,7 @@ def test_a_device_node_is_refused_if_one_ever_appears(tmp_path: Path) -> None:
     """
     shared = SharedFolder(tmp_path / "shared")
     os.mknod(shared.root / "zero", stat.S_IFCHR, os.makedev(1, 5))
-    os.chmod(shared.root / "zero", 0o666)
+    os.chmod(shared.root / "zero", 0o640)
     for call in (
         lambda: shared.open_read("/zero"),
         lambda: shared.open_write("/zero", create=False),
@@ -266,5 +266,5 @@ def test_a_device_node_is_refused_if_one_ever_appears(tmp_path: Path) -> None:
     ):
         with pytest.raises(UsageError, match="/zero is a character device"):
             call()
-    assert os.stat(shared.root / "zero").st_mode & 0o777 == 0o666
+    assert os.stat(shared.root / "zero").st_mode & 0o777 == 0o640
     assert shared.stat("/zero").type == "other"
