@@ -362,7 +362,14 @@ class _FileWriter:
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as e:  # no thread to be had: the enclave's process limit
+            os.close(fd)
+            raise UnavailableError(
+                "the enclave cannot start a writer thread (its process limit is reached)",
+                hint="retry once the app's processes have ended",
+            ) from e
 
     def _run(self) -> None:
         try:
