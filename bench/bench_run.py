@@ -183,7 +183,7 @@ def set_up(scratch: Scratch) -> None:
         ("init",),
         ("keys", "serve", "--detach"),
         ("keys", "create", "--alias", KEY_ALIAS, "--description", "bench_run"),
-        ("image", "build", "-o", "hello.eif"),
+        ("image", "build", "--key", KEY_ALIAS, "-o", "hello.eif"),
         ("image", "approve", "hello.eif", "--key", KEY_ALIAS),
         ("seal", "hello", "--key", KEY_ALIAS, "-o", "hello.sealed"),
         ("enclave", "start", "hello.eif", "--memory", str(scratch.memory_mib)),

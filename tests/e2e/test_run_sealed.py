@@ -66,7 +66,8 @@ def env() -> Iterator[Env]:
         stack.cli("keys", "create", "--alias", "apps")
         stack.cli("keys", "create", "--alias", "debug-apps")
         image = root / "plain.eif"
-        built = stack.json("image", "build", "-o", str(image))
+        pins = ["--key", "alias/apps", "--key", "alias/debug-apps"]
+        built = stack.json("image", "build", *pins, "-o", str(image))
         pcr0 = built["Measurements"]["PCR0"]
         stack.cli("image", "approve", str(image), "--key", "alias/apps")
         stack.cli("image", "approve", "--pcr0", ZERO_PCR0, "--key", "alias/debug-apps")
@@ -111,10 +112,13 @@ def test_demo_flow_with_the_example_classifier(env: Env, tmp_path: Path) -> None
     cli, root = env.cli, env.stack.root
     image = root / "classifier.eif"
     requirements = EXAMPLES / "classifier" / "requirements.txt"
-    built = env.stack.json("image", "build", "--requirements", str(requirements), "-o", str(image))
+    cli("keys", "create", "--alias", "classifier")
+    built = env.stack.json(
+        "image", "build", "--key", "alias/classifier", "--requirements", str(requirements),
+        "-o", str(image),
+    )  # fmt: skip
     pcr0 = built["Measurements"]["PCR0"]
     assert pcr0 != env.pcr0  # numpy is in this image, so it measures differently
-    cli("keys", "create", "--alias", "classifier")
     cli("image", "approve", str(image), "--key", "alias/classifier")
     sealed = tmp_path / "classifier.sealed"
     cli("seal", str(EXAMPLES / "classifier"), "--key", "alias/classifier", "-o", str(sealed))
@@ -373,7 +377,10 @@ def test_unknown_or_tampered_packages_fail_cleanly_and_the_server_keeps_serving(
     junk = env.work / "junk.sealed"
     junk.write_bytes(b"this is not a sealed package\n" * 100)
     refused = env.cli("run", "--enclave", PROD, str(junk), "--entry", "hello.py", expect=3)
-    assert "/encrypted/junk.sealed is not a Strongroom sealed package" in error_line(refused.stderr)
+    assert f"{junk} is not a Strongroom sealed package" in error_line(refused.stderr)
+    env.cli("push", "--enclave", PROD, str(junk), "/junk/")  # named in the shared folder
+    refused = env.cli("run", "--enclave", PROD, "/junk/junk.sealed", "--entry", "x.py", expect=3)
+    assert "/junk/junk.sealed is not a Strongroom sealed package" in error_line(refused.stderr)
     data = bytearray(env.sealed.read_bytes())
     data[-100] ^= 1  # inside the last chunk: authentication fails
     tampered = env.work / "tampered.sealed"

@@ -141,10 +141,15 @@ def _run(demo: Demo) -> None:
     demo.section("2. Vendor: key, enclave image, sealed app")
     demo.step("Create the vendor's key")
     demo.cli("keys", "create", "--alias", "classifier", "--description", "demo classifier")
-    demo.step("Build the enclave image with the app's runtime requirements (numpy)")
+    demo.step(
+        "Build the enclave image with the app's runtime requirements (numpy), "
+        "pinned to the vendor's key: it runs nothing sealed under any other"
+    )
     demo.cli(
         "image",
         "build",
+        "--key",
+        "alias/classifier",
         "--requirements",
         str(app_dir / "requirements.txt"),
         "-o",

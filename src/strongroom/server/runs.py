@@ -177,7 +177,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             raise problem from None
         yield _event("status", message="decrypting the app into enclave memory")
         folder.create()
-        await asyncio.to_thread(_open_into, spec, envr, data_key, app_dir, abandoned)
+        await asyncio.to_thread(_open_into, spec, envr, data_key, folder, abandoned)
         del data_key
         relative_entry = _entry_path(app_dir, entry)
         with envr.identities.claim() as identity:
@@ -318,17 +318,21 @@ def _release_key(
 
 
 def _open_into(
-    spec: RunSpec, envr: RunEnvironment, data_key: bytes, app_dir: Path, abandoned: threading.Event
+    spec: RunSpec,
+    envr: RunEnvironment,
+    data_key: bytes,
+    folder: RunFolder,
+    abandoned: threading.Event,
 ) -> None:
     fd = envr.shared.open_read(spec.package)
     try:
         with os.fdopen(fd, "rb") as stream:
-            open_package(stream, data_key, app_dir)
+            open_package(stream, data_key, folder.app)
     finally:
         # The run ended while we were extracting (the client went away and the run was
         # cancelled): its wipe raced with our writes, so wipe again now that they are done.
         if abandoned.is_set():
-            shutil.rmtree(app_dir, ignore_errors=True)
+            shutil.rmtree(folder.root, ignore_errors=True)
 
 
 async def _pump(

@@ -25,7 +25,7 @@ MAIN = APP_DIR / "main.py"
 MODEL = APP_DIR / "model.npz"
 DATASET = ROOT / "examples" / "host-dataset" / "digits.csv"
 
-SEALED_FILES = {"main.py", "model.npz", "README.md", "requirements.txt"}
+SEALED_FILES = {"main.py", "model.npz", "README.md", "requirements.txt", "strongroom.toml"}
 DATASET_ROWS = 360
 MIN_ACCURACY = 0.9
 MAX_MODEL_BYTES = 100 * 1024
