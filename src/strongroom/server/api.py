@@ -101,15 +101,13 @@ class ChmodBody(_Body):
     mode: int = Field(ge=0, le=0o777)
 
 
+# The host sends STS session credentials scoped to kms:Decrypt on the package's
+# key, for 15 minutes, never its long-term secret, so a session_token always comes
+# with them; it stays optional on the wire only for hand-made requests, which the
+# key service then answers on their own merits. (A comment, not the docstring:
+# the docstring is the published OpenAPI description.)
 class Credentials(_Body):
-    """The key-service credentials of one run. Never logged, never stored.
-
-    The host sends STS session credentials scoped to kms:Decrypt on the
-    package's key, for 15 minutes, never its long-term secret, so a
-    ``session_token`` always comes with them; it stays optional on the wire
-    only for older hosts and hand-made requests, which the key service then
-    answers on their own merits.
-    """
+    """The host's key-service credentials for one run. Never logged, never stored."""
 
     access_key_id: str = Field(max_length=128)
     secret_access_key: str = Field(max_length=256, repr=False)
