@@ -350,6 +350,10 @@ def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
     """Show the key service's audit log: who asked what, and the decision.
 
     \b
+    Requests made with session credentials name their session; an STS call
+    that issued one shows it as "→ NAME".
+
+    \b
     Example:
       strongroom keys audit --key 1234abcd-... --since 2026-01-01T00:00:00Z
     """
@@ -367,11 +371,14 @@ def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
 
     def render() -> None:
         emit_table(
-            ["time", "caller", "operation", "key", "outcome", "statement", "image"],
+            ["time", "caller", "session", "operation", "key", "outcome", "statement", "image"],
             [
                 (
                     e.get("time", "")[:19],
                     e.get("caller", "-"),
+                    # the session a request was made with, or the one an STS call issued
+                    e.get("session")
+                    or (f"→ {e['issued_session']}" if "issued_session" in e else ""),
                     e.get("operation"),
                     (e.get("key") or "").rsplit("/", 1)[-1][:8],
                     e.get("outcome"),
