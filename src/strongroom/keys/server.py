@@ -671,6 +671,11 @@ class KmsApplication:
             denied = e.code == "AccessDenied"
             event.update(outcome="denied" if denied else "error", error=e.code, message=e.message)
             status, body = e.status, error_body(e, request_id)
+        except StrongroomError as e:  # the workspace itself is broken (an unreadable file)
+            log.warning("STS %s: %s", event.get("operation"), e.message)
+            event.update(outcome="error", error="InternalFailure", message=e.message)
+            status = 500
+            body = error_body(StsError("InternalFailure", "internal error", 500), request_id)
         except Exception:
             log.exception("internal error in STS %s", event.get("operation"))
             event.update(outcome="error", error="InternalFailure")

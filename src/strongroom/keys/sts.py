@@ -232,7 +232,10 @@ class SessionStore:
 
     def _prune(self, now: datetime) -> None:
         for path in self.root.glob("ASIA*.json"):
-            record = self.get(path.stem)
+            try:
+                record = self.get(path.stem)
+            except ConfigError:
+                continue  # unreadable: left for whoever looks at the workspace
             if record is not None and record.expires + EXPIRED_RETENTION < now:
                 path.unlink(missing_ok=True)
                 self._cache.pop(path.stem, None)
