@@ -13,13 +13,17 @@ from strongroom.enclave import _limits
 from strongroom.enclave._limits import Limits, create_limits
 from strongroom.enclave.base import EnclaveSpec, check_name, memory_warning
 from strongroom.enclave.sandbox import (
-    BOOTSTRAP,
     ENTRY_MODULE,
+    IMAGE_SITES,
+    SANDBOX_CAPS,
     EnclavePaths,
     cgroup_id,
     check_sandbox,
+    enclave_init_program,
     sandbox_command,
 )
+from strongroom.server import jail
+from strongroom.server.isolation import filesystem_sizes
 from strongroom.enclave.supervisor import registered_pcrs
 from strongroom.errors import UnavailableError, UsageError
 from strongroom.image import Measurements
@@ -33,13 +37,19 @@ def _pairs(argv: list[str], option: str) -> list[tuple[str, str]]:
 
 def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     paths = EnclavePaths.of(tmp_path, "e1")
-    argv = sandbox_command("bwrap", paths, control_fd=7, info_fd=9, forwards=["8000=127.0.0.1:1"])
+    argv = sandbox_command(
+        "bwrap", paths, control_fd=7, info_fd=9, forwards=["8000=127.0.0.1:1"], memory_mib=512
+    )
     options = argv[: argv.index("--")]
-    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"):
+    for flag in ("--unshare-all", "--unshare-user", "--die-with-parent"):
         assert flag in options
     assert "--new-session" in options and ("--cap-drop", "ALL") in itertools.pairwise(options)
+    # only what the enclave's init needs; it moves into a child user namespace at once
+    assert [options[i + 1] for i, a in enumerate(options) if a == "--cap-add"] == list(
+        SANDBOX_CAPS
+    ) == ["CAP_SYS_ADMIN", "CAP_SETFCAP"]
     assert ("--remount-ro", "/") in itertools.pairwise(options)
-    assert ("--remount-ro", "/proc") in itertools.pairwise(options)
+    assert ("--dir", jail.VISIBLE_PROC) in itertools.pairwise(options)
     assert "--share-net" not in options and "--bind" not in options  # nothing writable
     ro = dict((dest, src) for src, dest in _pairs(options, "--ro-bind"))
     assert ro["/image"] == str(paths.image_dir)
@@ -53,18 +63,30 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     assert not any(str(tmp_path) in dest for dest in binds)  # the workspace is not visible
     tmpfs = [options[i + 1] for i, a in enumerate(options) if a == "--tmpfs"]
     assert tmpfs == ["/tmp", "/enclave/apps", "/enclave/shared"]
+    sizes = [int(options[i + 1]) >> 20 for i, a in enumerate(options) if a == "--size"]
+    shared_mib, apps_mib = filesystem_sizes(512)
+    assert sizes[1:] == [apps_mib, shared_mib] and shared_mib + apps_mib <= 512 - 96
     command = argv[argv.index("--") + 1 :]
-    assert command[1:3] == ["-S", "-E"] and BOOTSTRAP in command
-    assert command[command.index(BOOTSTRAP) + 1] == ENTRY_MODULE == "strongroom.server"
-    tail = command[command.index(ENTRY_MODULE) + 1 :]
+    assert command[1:3] == ["-S", "-E"]
+    program = command[command.index("-c") + 1]
+    assert program == enclave_init_program() == Path(jail.__file__).read_text()
+    init = command[command.index(program) + 1 :]
+    assert init[: len(IMAGE_SITES) + 3] == ["--enclave-init", *IMAGE_SITES, "--", ENTRY_MODULE]
+    assert ENTRY_MODULE == "strongroom.server"
+    tail = init[len(IMAGE_SITES) + 3 :]
     assert tail[:2] == ["--listen", "fd:7"] and tail[-2:] == ["--forward", "8000=127.0.0.1:1"]
     assert ("--info-fd", "9") in itertools.pairwise(argv)
 
 
-def test_the_bootstrap_puts_the_image_after_the_standard_library() -> None:
-    lines = BOOTSTRAP.splitlines()
-    assert lines[1].endswith('addsitedir("/image/runtime/site-packages")')
-    assert lines[2].endswith('addsitedir("/image/app-packages")')
+def test_the_image_goes_after_the_standard_library() -> None:
+    assert IMAGE_SITES == ("/image/runtime/site-packages", "/image/app-packages")
+
+
+def test_filesystems_leave_the_server_room() -> None:
+    for memory in (64, 128, 512, 1024, 4096, 65536):
+        shared, apps = filesystem_sizes(memory)
+        assert shared >= 1 and apps >= 1
+        assert shared + apps <= max(memory - max(96, memory // 4), 2)
 
 
 def test_names() -> None:

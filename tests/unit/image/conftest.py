@@ -10,8 +10,13 @@ import pytest
 
 from strongroom.image import build_image
 from strongroom.image.build import BuildResult
+from strongroom.image.pins import VendorPins
 
 from .samples import Builds, make_wheel
+
+#: The vendor pins of the "app" builds (a key ARN and a signer, as `image build` records them).
+PINS = VendorPins(("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",),
+                  (bytes(range(32)),))  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +32,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
         make_wheel(wheels, module_source)
         return build_image(
             root / out,
+            pins=PINS,
             requirements=requirements,
             pip_args=["--no-index", "--find-links", str(wheels)],
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from strongroom.image.build import BuildResult
 from strongroom.image.eif import Arch, Section, SectionType, write_eif
+from strongroom.image.pins import NO_PINS, PINS_FILE, VendorPins
 from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor
 
 K, C, R, S, M = (
@@ -60,6 +61,7 @@ def local_image(
     *,
     descriptor: bytes | None = None,
     cmdline: bytes = ENTRYPOINT.encode(),
+    pins: VendorPins = NO_PINS,
 ) -> Path:
     """A small local image with hand-picked ramdisk contents."""
     return write_sections(
@@ -70,6 +72,7 @@ def local_image(
             (M, b'{"ImageName":"small","ImageVersion":"0"}'),
             (R, tar_bytes(runtime)),
             (R, tar_bytes(app or {})),
+            (R, tar_bytes({PINS_FILE: pins.to_bytes()})),
         ],
     )
 

@@ -65,6 +65,7 @@ def test_build_result_matches_the_file(builds: Builds) -> None:
         SectionType.METADATA,
         SectionType.RAMDISK,
         SectionType.RAMDISK,
+        SectionType.RAMDISK,
     ]
 
 
@@ -155,3 +156,22 @@ def test_pip_failure_is_a_build_error(tmp_path: Path) -> None:
 def test_missing_requirements_file(tmp_path: Path) -> None:
     with pytest.raises(ImageBuildError, match="cannot read the requirements file"):
         build_image(tmp_path / "out.eif", requirements=tmp_path / "missing.txt")
+
+
+def test_the_vendor_pins_are_measured_in_pcr2(builds: Builds, tmp_path: Path) -> None:
+    from strongroom.image import extract_image
+    from strongroom.image.pins import NO_PINS, PINS_FILE, VendorPins
+
+    from .conftest import PINS
+
+    dest = tmp_path / "enclave"
+    extract_image(builds.app.path, dest)
+    assert VendorPins.load(dest / "vendor" / PINS_FILE) == PINS
+    unpinned = build_image(tmp_path / "unpinned.eif", pins=NO_PINS)
+    assert unpinned.measurements.pcr1 == builds.plain.measurements.pcr1
+    assert unpinned.measurements.pcr2 == builds.plain.measurements.pcr2
+    repinned = build_image(tmp_path / "pinned.eif", pins=PINS)
+    # same runtime, other pins: PCR1 stays, PCR2 and the approved PCR0 change
+    assert repinned.measurements.pcr1 == builds.plain.measurements.pcr1
+    assert repinned.measurements.pcr2 != builds.plain.measurements.pcr2
+    assert repinned.measurements.pcr0 != builds.plain.measurements.pcr0

@@ -9,6 +9,7 @@ from strongroom.image import describe_image, measure_image
 from strongroom.image.eif import Arch
 from strongroom.image.runtime import RuntimeDescriptor
 
+from .conftest import PINS
 from .samples import Builds, C, K, M, R, local_image, write_sections
 
 NITRO_METADATA = {
@@ -42,7 +43,12 @@ def test_local_image(builds: Builds) -> None:
         "Size",
         "Sections",
         "Runtime",
+        "Pins",
     ]
+    assert description["Pins"] == PINS.describe()
+    assert description["Pins"]["Keys"] == list(PINS.keys)
+    assert description["Pins"]["Signers"][0].startswith("ed25519:")
+    assert describe_image(builds.plain.path)["Pins"] == {"Keys": [], "Signers": []}
     assert description["EifVersion"] == 4
     assert description["Arch"] in ("x86_64", "aarch64")
     assert description["Measurements"] == builds.app.measurements.to_nitro_json()["Measurements"]
@@ -54,7 +60,7 @@ def test_local_image(builds: Builds) -> None:
     assert description["Size"] == builds.app.size
     assert description["Runtime"] == RuntimeDescriptor.for_host().to_json()
     sections = description["Sections"]
-    assert [s["Type"] for s in sections] == ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk"]
+    assert [s["Type"] for s in sections] == ["kernel", "cmdline", "metadata"] + ["ramdisk"] * 3
     assert [s["Size"] for s in sections] == [s.size for s in builds.app.sections]
     assert sections[3]["Files"] > 100
     assert sections[4]["Files"] == 4  # __init__.py, METADATA, WHEEL, entry_points.txt
@@ -64,7 +70,7 @@ def test_local_image(builds: Builds) -> None:
 def test_small_local_image_counts_files(tmp_path: Path) -> None:
     image = local_image(tmp_path / "a.eif", {"a": b"1", "b/c": b"2"}, {})
     description = describe_image(image)
-    assert [s.get("Files") for s in description["Sections"]] == [None, None, None, 2, 0]
+    assert [s.get("Files") for s in description["Sections"]] == [None, None, None, 2, 0, 1]
     assert description["ImageName"] == "small"
 
 

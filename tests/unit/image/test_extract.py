@@ -12,6 +12,7 @@ import strongroom
 from strongroom.errors import AlreadyExistsError
 from strongroom.image import extract_image, measure_image, read_runtime_descriptor
 from strongroom.image.errors import ImageFormatError, IncompatibleImageError
+from strongroom.image.pins import NO_PINS, PINS_FILE, VendorPins
 from strongroom.image.runtime import RuntimeDescriptor
 
 from .samples import Builds, C, K, M, R, local_image, tar_bytes, write_sections
@@ -27,7 +28,8 @@ def test_extract_measures_what_it_extracts(tmp_path: Path) -> None:
     assert (dest / "runtime/site-packages/mod.py").read_bytes() == RUNTIME["site-packages/mod.py"]
     assert (dest / "runtime/site-packages/pkg/data.txt").read_bytes() == b"x"
     assert (dest / "app-packages/tinyapp/__init__.py").read_bytes() == APP["tinyapp/__init__.py"]
-    assert sorted(p.name for p in dest.iterdir()) == ["app-packages", "runtime"]
+    assert sorted(p.name for p in dest.iterdir()) == ["app-packages", "runtime", "vendor"]
+    assert VendorPins.load(dest / "vendor" / PINS_FILE) == NO_PINS
 
 
 def test_extract_a_built_image(builds: Builds, tmp_path: Path) -> None:
@@ -115,12 +117,16 @@ def test_wrong_number_of_ramdisks(tmp_path: Path) -> None:
     descriptor = RuntimeDescriptor.for_host().to_bytes()
     entry = b"python -m strongroom.server"
     one = [(K, descriptor), (C, entry), (M, b"{}"), (R, tar_bytes(RUNTIME))]
-    with pytest.raises(ImageFormatError, match="2 ramdisks, not 1"):
+    with pytest.raises(ImageFormatError, match="3 ramdisks, not 1"):
         extract_image(write_sections(tmp_path / "one.eif", one), tmp_path / "e1")
-    three = [*one, (R, tar_bytes({})), (R, tar_bytes({}))]
-    with pytest.raises(ImageFormatError, match="2 ramdisks, not more"):
-        extract_image(write_sections(tmp_path / "three.eif", three), tmp_path / "e3")
-    assert list((tmp_path / "e3").iterdir()) == []
+    two = [*one, (R, tar_bytes({}))]  # built before images pinned their vendor's keys
+    with pytest.raises(ImageFormatError, match="3 ramdisks, not 2") as excinfo:
+        extract_image(write_sections(tmp_path / "two.eif", two), tmp_path / "e2")
+    assert "image build --key" in excinfo.value.hint
+    four = [*two, (R, tar_bytes({})), (R, tar_bytes({}))]
+    with pytest.raises(ImageFormatError, match="3 ramdisks, not more"):
+        extract_image(write_sections(tmp_path / "four.eif", four), tmp_path / "e4")
+    assert list((tmp_path / "e4").iterdir()) == []
 
 
 def evil_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
