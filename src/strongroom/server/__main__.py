@@ -42,7 +42,7 @@ from strongroom.server import (
 from strongroom.server.app import EnclaveIdentity, ServerConfig, create_app
 from strongroom.server.attestor import default_attestor
 from strongroom.server.files import SharedFolder
-from strongroom.server.jail import make_undumpable
+from strongroom.server.jail import SetupError, make_undumpable
 from strongroom.transport.base import Address, TcpAddress, bind, parse_address
 from strongroom.transport.connect import HeadError, parse_authority
 from strongroom.transport.forward import KMS_LOCAL_PORT, serve_forward
@@ -110,6 +110,8 @@ async def serve(
     server_config = uvicorn.Config(
         app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
     )
+    # the enclave's console (debug enclaves only; a production enclave has none)
+    print(f"strongroom enclave server: serving {identity.module_id}", flush=True)
     try:
         await uvicorn.Server(server_config).serve(sockets=[sock])
     finally:
@@ -149,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except StrongroomError as e:
         print(f"strongroom.server: {e.diagnostics()}", file=sys.stderr)
+        return 1
+    except SetupError as e:
+        print(f"strongroom.server: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from strongroom._internal import services
 from strongroom.attestation.authority import LocalAuthority
@@ -123,14 +124,20 @@ def test_no_view_of_the_host_file_system(debug: DebugEnclave) -> None:
         "root",
         "opt",
     }
-    assert lines[5] == "['attestor.sock', 'egress.sock'] ['app-packages', 'runtime']"
+    # the extra read-only /proc the enclave's init mounts so app jails can have theirs
+    assert (
+        lines[5] == "['attestor.sock', 'egress.sock', 'proc'] ['app-packages', 'runtime', 'vendor']"
+    )
 
 
 def test_the_image_and_the_system_are_read_only(debug: DebugEnclave) -> None:
     result = debug.probe(
         "import os\n"
         "paths = ['/image/runtime/x', '/usr/x', '/run/strongroom/x', '/x', '/etc/x']\n"
-        "for path in paths + ['/proc/sys/vm/swappiness', '/proc/self/oom_score_adj']:\n"
+        "paths += ['/proc/sys/vm/swappiness', '/proc/sysrq-trigger']\n"
+        "paths += ['/proc/sys/kernel/core_pattern']\n"
+        "paths += ['/run/strongroom/proc/self/oom_score_adj']\n"
+        "for path in paths:\n"
         "    try:\n"
         "        open(path, 'w')\n"
         "        print(path, 'WRITABLE')\n"
@@ -140,7 +147,8 @@ def test_the_image_and_the_system_are_read_only(debug: DebugEnclave) -> None:
         "print(os.getuid(), oct(os.stat('/enclave/apps').st_mode & 0o777))\n"
     )
     assert "WRITABLE" not in result["stdout"], result
-    assert result["stdout"].splitlines()[-1] == "1000 0o700"
+    # root of the enclave's own user namespace (as in a Nitro enclave), owning nothing outside
+    assert result["stdout"].splitlines()[-1] == "0 0o700"
 
 
 def test_a_debug_enclave_attests_all_zero_pcrs(debug: DebugEnclave) -> None:
@@ -189,11 +197,14 @@ def test_egress_reaches_only_the_allowlist(debug: DebugEnclave) -> None:
 
 
 def test_a_debug_enclave_has_a_console(debug: DebugEnclave) -> None:
-    # The probe writes to the server's stdout, which is the enclave's console.
-    argv = ["sh", "-c", "echo hello from the console > /proc/$PPID/fd/1"]
-    assert debug.api.post("/v1/debug/exec", json={"argv": argv}).json()["exit_code"] == 0
+    # The server's stdout is the enclave's console; it says it is serving.
     console = b"".join(runtime_for(debug.ws).logs("dbg"))
-    assert b"hello from the console\n" in console
+    assert b"strongroom enclave server: serving" in console
+    # Nothing else in the enclave can write there through the server's /proc: it is
+    # not dumpable, so even a debug probe cannot open its descriptors.
+    argv = ["sh", "-c", "echo injected > /proc/$PPID/fd/1"]
+    assert debug.api.post("/v1/debug/exec", json={"argv": argv}).json()["exit_code"] != 0
+    assert b"injected" not in b"".join(runtime_for(debug.ws).logs("dbg"))
 
 
 def test_a_second_enclave_with_the_same_name_is_refused(
@@ -216,11 +227,15 @@ def test_production_enclave(ws: Workspace, image: BuildResult) -> None:
             "pcr1": image.measurements.pcr1,
             "pcr2": image.measurements.pcr2,
         }
-        nonce, user_data = os.urandom(32), b"bound into the document"
-        body = {"nonce": nonce.hex(), "user_data": user_data.hex()}
+        identity_key = bytes.fromhex(api.get("/v1/describe").json()["identity_key"])
+        nonce = os.urandom(32)
+        body = {"nonce": nonce.hex()}
         document = base64.b64decode(api.post("/v1/attestation", json=body).json()["document"])
         bad = api.post("/v1/attestation", json={"nonce": "zz", "pcrs": {}})
         assert bad.status_code == 400 and "unknown field" in bad.json()["message"]
+        for chosen in ("public_key", "user_data"):  # a caller binds nothing but a nonce
+            refused = api.post("/v1/attestation", json={**body, chosen: "00" * 32})
+            assert refused.status_code == 400 and chosen in refused.json()["message"]
         # The exec probe exists only in debug enclaves.
         assert api.post("/v1/debug/exec", json={"argv": ["true"]}).status_code == 404
     root = LocalAuthority.open_or_create(ws.ca_dir).root_certificate()
@@ -231,7 +246,10 @@ def test_production_enclave(ws: Workspace, image: BuildResult) -> None:
         expect_pcrs=image.measurements.pcrs(),
         expect_nonce=nonce,
     )
-    assert verified.user_data == user_data and not verified.is_debug
+    assert verified.user_data is None and not verified.is_debug
+    # the enclave's own key, an EC key: never usable as a KMS Recipient
+    assert verified.document.public_key == identity_key
+    assert isinstance(verified.public_key, ec.EllipticCurvePublicKey)
     assert sorted(verified.pcrs) == list(range(16))
 
     runtime = runtime_for(ws)
@@ -292,7 +310,8 @@ def test_status_says_why_an_enclave_died(ws: Workspace, image: BuildResult) -> N
     while paths.image_dir.exists():  # the supervisor cleans up after recording
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert b"".join(runtime.logs("doomed", follow=True)) == b""  # follow ends: it is dead
+    console = b"".join(runtime.logs("doomed", follow=True))  # follow ends: it is dead
+    assert console.startswith(b"strongroom enclave server: serving")
     [stopped] = runtime.stop("doomed")  # forgets the dead enclave
     assert stopped.state == "FAILED" and runtime.status() == []
 

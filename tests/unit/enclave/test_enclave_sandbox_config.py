@@ -22,11 +22,11 @@ from strongroom.enclave.sandbox import (
     enclave_init_program,
     sandbox_command,
 )
-from strongroom.server import jail
-from strongroom.server.isolation import filesystem_sizes
 from strongroom.enclave.supervisor import registered_pcrs
 from strongroom.errors import UnavailableError, UsageError
 from strongroom.image import Measurements
+from strongroom.server import jail
+from strongroom.server.isolation import filesystem_sizes
 
 MEASUREMENTS = Measurements(pcr0="aa" * 48, pcr1="bb" * 48, pcr2="cc" * 48)
 
@@ -45,9 +45,11 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
         assert flag in options
     assert "--new-session" in options and ("--cap-drop", "ALL") in itertools.pairwise(options)
     # only what the enclave's init needs; it moves into a child user namespace at once
-    assert [options[i + 1] for i, a in enumerate(options) if a == "--cap-add"] == list(
-        SANDBOX_CAPS
-    ) == ["CAP_SYS_ADMIN", "CAP_SETFCAP"]
+    assert (
+        [options[i + 1] for i, a in enumerate(options) if a == "--cap-add"]
+        == list(SANDBOX_CAPS)
+        == ["CAP_SYS_ADMIN", "CAP_SETFCAP"]
+    )
     assert ("--remount-ro", "/") in itertools.pairwise(options)
     assert ("--dir", jail.VISIBLE_PROC) in itertools.pairwise(options)
     assert "--share-net" not in options and "--bind" not in options  # nothing writable
