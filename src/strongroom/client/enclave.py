@@ -137,11 +137,9 @@ class EnclaveClient:
         result: dict[str, Any] = self._call("GET", "/v1/describe")
         return result
 
-    def attestation(self, nonce: bytes, *, public_key: bytes | None = None) -> bytes:
-        body: dict[str, str] = {"nonce": nonce.hex()}
-        if public_key is not None:
-            body["public_key"] = public_key.hex()
-        result = self._call("POST", "/v1/attestation", json=body)
+    def attestation(self, nonce: bytes) -> bytes:
+        """A document over ``nonce`` and the enclave's own identity key (nothing else)."""
+        result = self._call("POST", "/v1/attestation", json={"nonce": nonce.hex()})
         return base64.b64decode(result["document"])
 
     # --- files --------------------------------------------------------------

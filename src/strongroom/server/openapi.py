@@ -96,14 +96,20 @@ def document() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     paths: dict[str, Any] = {
-        "/v1/describe": {"get": _op("version, measurements, uptime", _json({"type": "object"}))},
+        "/v1/describe": {
+            "get": _op(
+                "version, measurements, identity key (DER SubjectPublicKeyInfo, hex), uptime",
+                _json({"type": "object"}),
+            )
+        },
         "/v1/attestation": {
             "post": _op(
-                "an attestation document over a host-supplied nonce",
+                "an attestation document over a host-supplied nonce and the enclave's own "
+                "identity key; a caller binds nothing else",
                 _json({"type": "object", "properties": {"document": {"type": "string"}}}),
                 requestBody={
                     "required": True,
-                    **_json(_hex_object(["nonce"], "nonce", "public_key", "user_data")),
+                    **_json(_hex_object(["nonce"], "nonce")),
                 },
             )
         },
