@@ -249,7 +249,11 @@ def _sha256(path: Path) -> str:
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("package")
-@click.option("--entry", required=True, metavar="PATH", help="Entry script inside the app.")
+@click.option(
+    "--entry",
+    metavar="PATH",
+    help="Entry script inside the app; may be left out when its manifest declares only one.",
+)
 @click.option(
     "--timeout",
     "timeout_s",
@@ -270,7 +274,7 @@ def _sha256(path: Path) -> str:
 def run_command(
     app: AppContext,
     package: str,
-    entry: str,
+    entry: str | None,
     timeout_s: float | None,
     env_pairs: tuple[str, ...],
     enclave_name: str | None,
@@ -281,9 +285,12 @@ def run_command(
     \b
     PACKAGE is a local sealed file (pushed to /encrypted/ first) or a path in
     the shared folder. Inside the enclave the data key is released only to an
-    approved image, the app is decrypted into enclave memory, run, and wiped.
-    In ARGS, relative paths point into the app, absolute paths into the
-    shared folder (/dataset/x → shared/dataset/x). Ctrl-C cancels the run.
+    approved image pinned to the package's key, the app is decrypted into
+    enclave memory, run in a jail of its own (no network, no view of the
+    enclave), and wiped. The app's manifest decides which --entry and --env
+    the host may give (`strongroom inspect PACKAGE` shows them). In ARGS,
+    relative paths point into the app, absolute paths into the shared folder
+    (/dataset/x → shared/dataset/x). Ctrl-C cancels the run.
 
     \b
     Example:
