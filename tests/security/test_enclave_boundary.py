@@ -601,8 +601,9 @@ def test_a_fork_bomb_is_bounded_and_ends_with_its_run(hostile: Hostile) -> None:
     h = hostile
     bombed = h.run(h.hostile_debug, "bomb.py", enclave=DEBUG, expect=124, timeout=8)
     result = json.loads(bombed.stdout.splitlines()[0])
-    # at most what the enclave allows, and the host kept forking (this test process did)
-    assert 0 < result["children"] < 1024 and "temporarily unavailable" in result["error"]
+    # at most what the manifest allows (48 tasks: its own process limit, kept by the
+    # run's cgroup, or RLIMIT_NPROC where the host user is not root)
+    assert 0 < result["children"] < 48 and "temporarily unavailable" in result["error"]
     assert h.stack.api(DEBUG).get("/v1/describe").status_code == 200
     wiped = h.stack.wait_wiped(DEBUG, timeout=10)
     assert wiped["procs"] == [] and wiped["apps"] == []

@@ -58,6 +58,10 @@ CPU_PERIOD_US = 100_000
 #: more than a thousand is a fork bomb, and a host's default pid space
 #: (32768) holds many enclaves of this size.
 DEFAULT_PIDS = 1024
+#: Tasks of the enclave kept out of its runs' reach: the server's own threads.
+SERVER_PIDS = 64
+#: Where, under the enclave's pids cgroup, the server makes one cgroup per run.
+RUNS_CGROUP_NAME = "runs"
 _MIB = 1024 * 1024
 _MOUNTS = Path("/proc/self/mounts")
 _EMPTY_WAIT_S = 5.0
@@ -80,6 +84,9 @@ class Limits:
     pids: int = DEFAULT_PIDS
     #: The cgroup holding ``pids.max`` (one of :attr:`cgroups`); None: not limited.
     pids_cgroup: str | None = None
+    #: Below it, the cgroup delegated to the enclave server for one cgroup per run,
+    #: all of them together limited to ``pids - SERVER_PIDS`` tasks (cgroup v1 only).
+    runs_cgroup: str | None = None
 
     @property
     def pids_limited(self) -> bool:
@@ -107,6 +114,7 @@ class Limits:
             "note": self.note,
             "pids": self.pids,
             "pids_cgroup": self.pids_cgroup,
+            "runs_cgroup": self.runs_cgroup,
         }
 
     @classmethod
@@ -117,7 +125,7 @@ class Limits:
         cgroups = raw.get("cgroups") or []
         if not isinstance(cgroups, list):
             raise ValueError("cgroups must be a list")
-        pids_cgroup = raw.get("pids_cgroup")
+        pids_cgroup, runs_cgroup = raw.get("pids_cgroup"), raw.get("runs_cgroup")
         return cls(
             mechanism=mechanism,
             memory_mib=int(str(raw["memory_mib"])),
@@ -128,6 +136,7 @@ class Limits:
             # records written before the process limit existed have neither field
             pids=int(str(raw.get("pids", DEFAULT_PIDS))),
             pids_cgroup=None if pids_cgroup is None else str(pids_cgroup),
+            runs_cgroup=None if runs_cgroup is None else str(runs_cgroup),
         )
 
     def enter(self) -> None:
@@ -172,7 +181,11 @@ class Limits:
 
     def release(self) -> None:
         """Kill whatever is left in the cgroups and remove them (idempotent)."""
-        for cgroup in reversed(self.cgroups):
+        runs = [] if self.runs_cgroup is None else [self.runs_cgroup]
+        if self.runs_cgroup is not None:  # the runs' own cgroups (a dead server's leftovers)
+            with contextlib.suppress(OSError):
+                runs = [str(p) for p in Path(self.runs_cgroup).iterdir() if p.is_dir()] + runs
+        for cgroup in [*runs, *reversed(self.cgroups)]:
             path = Path(cgroup)
             deadline = time.monotonic() + _EMPTY_WAIT_S
             while path.exists():
@@ -300,6 +313,7 @@ def _try_cgroup1(
             with contextlib.suppress(OSError):
                 path.rmdir()
         return f"cgroup1: {e.strerror} ({e.filename})"
+    runs_cgroup = None if pids_cgroup is None else _runs_cgroup1(pids_cgroup, pids)
     return Limits(
         "cgroup1",
         memory_mib,
@@ -309,13 +323,30 @@ def _try_cgroup1(
         note=pids_note,
         pids=pids,
         pids_cgroup=None if pids_cgroup is None else str(pids_cgroup),
+        runs_cgroup=None if runs_cgroup is None else str(runs_cgroup),
     )
+
+
+def _runs_cgroup1(pids_cgroup: Path, pids: int) -> Path | None:
+    runs = pids_cgroup / RUNS_CGROUP_NAME
+    try:
+        runs.mkdir()
+        _write(runs / "pids.max", str(max(1, pids - SERVER_PIDS)))
+    except OSError:
+        with contextlib.suppress(OSError):
+            runs.rmdir()
+        return None
+    return runs
 
 
 def _pids_cgroup1(
     mounts: dict[str, Path], memory: Path, cgroup_id: str, pids: int
 ) -> tuple[Path | None, str]:
-    """The v1 cgroup holding the enclave's ``pids.max`` (or None), and why not."""
+    """The v1 cgroup holding the enclave's ``pids.max`` (or None), and why not.
+
+    Cgroup v1 (unlike v2) lets a cgroup with processes have children that limit
+    their own, so the server gets ``runs`` below it for per-run limits.
+    """
     if "pids" not in mounts:
         return None, "cgroup1: no pids hierarchy"
     # co-mounted with memory (``-o memory,pids``): the same directory holds both

@@ -5,7 +5,7 @@ Each enclave is two host processes and a sandbox::
     strongroom enclave start ──spawns──▶ supervisor (python -m strongroom.enclave.supervisor)
                                  ├─ measures + extracts the image (one pass)
                                  ├─ serves attestor.sock and egress.sock
-                                 └─ bwrap ──▶ python -S -E (bootstrap) ──▶ strongroom.server
+                                 └─ bwrap ──▶ enclave init (host's jail.py) ──▶ strongroom.server
 
 The supervisor (:mod:`.supervisor`) runs in its own session, so the enclave
 outlives the shell that started it; bubblewrap runs with ``--die-with-parent``,
@@ -21,9 +21,11 @@ Isolation invariants of the sandbox (:func:`sandbox_command`):
   read-only one by one (never a host directory): ``attestor.sock`` and
   ``egress.sock`` under ``/run/strongroom/``, and the control socket, which the
   supervisor binds on the host and hands to the server as an inherited
-  listening descriptor. So the enclave holds no writable host path at all: it
-  cannot write files to the host's disk, nor plant a symlink where the host
-  will connect.
+  listening descriptor. The one writable host path is the enclave's own
+  ``runs`` cgroup (cgroup v1, when the limits made one), below its limited
+  parent, where the server makes one cgroup per run. So the enclave cannot
+  write files to the host's disk, nor plant a symlink where the host will
+  connect.
 - **Minimal read-only view of the host**: ``/usr`` (and the ``/lib*``,
   ``/bin`` links into it), ``/etc/ld.so.cache``, and the host's Python
   interpreter prefix (``sys.base_prefix``). The local target *trusts the host's
@@ -36,12 +38,16 @@ Isolation invariants of the sandbox (:func:`sandbox_command`):
   memory-backed tmpfs (``/enclave/apps``, ``/enclave/shared``, mode 0700)
   counted against the enclave's memory limit; ``/tmp`` is a private tmpfs; the
   root file system is remounted read-only.
-- **No privilege**: new user, pid, ipc, uts and cgroup namespaces; every
-  capability dropped; no further user namespaces; a new session (no terminal
-  injection). The sandbox's uid (1000 inside) maps to the host user that runs
-  the supervisor -- root on CI -- so owner permission checks on host objects
-  would still pass: every host path is mounted read-only, and so is ``/proc``
-  (whose sysctls check only the owner).
+- **No privilege over the host**: new user, pid, ipc, uts and cgroup
+  namespaces; a new session (no terminal injection). The sandbox's uid maps
+  to the host user that runs the supervisor -- root on CI -- so owner
+  permission checks on host objects would still pass. The sandbox starts with
+  only ``CAP_SYS_ADMIN`` and ``CAP_SETFCAP``, used by its init -- the host's
+  own :mod:`strongroom.server.jail`, never the image's -- to cover ``/proc``
+  (whose sysctls check only the owner) with read-only binds and move into a
+  child user namespace, where every mount is locked: the image's server is
+  root there, with capabilities over the enclave only (it needs them to jail
+  apps), and cannot make any host path writable.
 - **Limits** from :mod:`._limits` (cgroup v2, else v1, else ``RLIMIT_AS``):
   an application that outgrows them is killed and reported, not the host.
 
@@ -98,6 +104,7 @@ from strongroom.server import (
     ATTESTOR_SOCKET,
     EGRESS_SOCKET,
     IMAGE_MOUNT,
+    RUNS_CGROUP,
     SHARED_DIR,
     jail,
 )
@@ -158,13 +165,17 @@ _NOT_DEBUG_HINT = (
 )
 
 
-def enclave_init_program() -> str:
+#: Where the sandbox sees its init program (the host's copy of the jail module).
+INIT_PROGRAM = "/run/strongroom/init.py"
+
+
+def enclave_init_program() -> Path:
     """The program the sandbox starts with: the host's own copy of the jail module.
 
     It runs before any of the image's code, so it must come from the host's
     Strongroom, never from the image (whose server it then starts).
     """
-    return Path(jail.__file__).read_text()
+    return Path(jail.__file__)
 
 
 @dataclass(frozen=True)
@@ -219,11 +230,14 @@ def sandbox_command(
     info_fd: int,
     forwards: Sequence[str],
     memory_mib: int,
+    runs_cgroup: str | None = None,
 ) -> list[str]:
     """The bubblewrap command line of an enclave (see the module docstring).
 
     ``control_fd`` is the listening control socket the server inherits;
     bubblewrap writes ``{"child-pid": N}`` (the sandbox's init) to ``info_fd``.
+    ``runs_cgroup``, when the limits made one, is the cgroup the server gets
+    (read-write: the enclave's one writable host path) to limit each run.
     """
     executable, trees = interpreter_trees()
     shared_mib, apps_mib = filesystem_sizes(memory_mib)
@@ -303,6 +317,11 @@ def sandbox_command(
         "--ro-bind",
         str(paths.egress_socket),
         EGRESS_SOCKET,
+    ]
+    if runs_cgroup is not None:
+        argv += ["--bind", runs_cgroup, RUNS_CGROUP]
+    argv += ["--ro-bind", str(enclave_init_program()), INIT_PROGRAM]
+    argv += [
         "--dir",
         VISIBLE_PROC,
         "--remount-ro",
@@ -315,8 +334,7 @@ def sandbox_command(
         "-E",
         "-X",
         f"pycache_prefix={PYCACHE_DIR}",
-        "-c",
-        enclave_init_program(),
+        INIT_PROGRAM,
         "--enclave-init",
         *IMAGE_SITES,
         "--",

@@ -232,6 +232,7 @@ class Supervisor:
             info_fd=info_write,
             forwards=self._forwards(),
             memory_mib=self.spec.memory_mib,
+            runs_cgroup=self.limits.runs_cgroup,
         )
         with contextlib.ExitStack() as stack:
             stack.callback(os.close, info_read)

@@ -17,6 +17,8 @@ from __future__ import annotations
 ATTESTOR_SOCKET = "/run/strongroom/attestor.sock"
 #: The egress path: HTTP CONNECT, answered by the host's relay and egress proxy.
 EGRESS_SOCKET = "/run/strongroom/egress.sock"
+#: Where the runtime delegates the enclave a cgroup for one cgroup per run, when it can.
+RUNS_CGROUP = "/run/strongroom/runs-cgroup"
 #: Where the image is mounted, read-only; the vendor's packages are under it.
 IMAGE_MOUNT = "/image"
 APP_PACKAGES = f"{IMAGE_MOUNT}/app-packages"

@@ -23,9 +23,12 @@ seccomp); this module decides its inputs, in one place for both targets:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ RUN_UID_BASE = 100_000
 SHARED_GID = 100_000
 #: Concurrent runs an enclave accepts (each holds a uid slot).
 MAX_CONCURRENT_RUNS = 64
+#: How long a run's cgroup may take to empty once its jail is gone.
+CGROUP_EMPTY_WAIT_S = 30.0
 #: The kernel kills the app first when the enclave runs out of memory.
 APP_OOM_SCORE_ADJ = 1000
 #: Memory kept out of the filesystems for the server (and the apps' own memory):
@@ -159,6 +164,56 @@ class Identities:
                 self._free.append(slot)
 
 
+class RunCgroups:
+    """One cgroup per run, with the run's process limit, where the runtime delegates a
+    cgroup to the enclave (:data:`~strongroom.server.RUNS_CGROUP`, cgroup v1).
+
+    ``RLIMIT_NPROC`` limits a run's processes too, but the kernel does not apply it
+    to the host's root, which the local sandbox's uid is on CI; the cgroup does.
+    """
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root if root is not None and (root / "cgroup.procs").exists() else None
+
+    @contextmanager
+    def claim(self, name: str, processes: int) -> Iterator[Path | None]:
+        if self.root is None:
+            yield None
+            return
+        group = self.root / name
+        group.mkdir()
+        try:
+            (group / "pids.max").write_text(str(processes))
+            yield group
+        finally:
+            # in a thread: the group empties only once the server has reaped the jail's
+            # launcher, which needs the event loop this must not block
+            threading.Thread(target=_empty_and_remove, args=(group,), daemon=True).start()
+
+
+def _empty_and_remove(group: Path) -> None:
+    """Kill anything still in ``group`` (the jail's PID namespace normally took it all
+    already: this is the second guarantee), then remove it."""
+    deadline = time.monotonic() + CGROUP_EMPTY_WAIT_S
+    while True:
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return  # left for the runtime, which removes the whole tree at stop
+            time.sleep(0.02)
+
+
 def _has_many_uids() -> bool:
     try:
         return Path("/proc/self/uid_map").read_text().split() == list(_FULL_UID_MAP)
@@ -180,6 +235,8 @@ class JailSpec:
     processes: int
     status_fd: int
     network: bool = False
+    #: The run's own cgroup, which the launcher joins before anything else, if any.
+    cgroup: Path | None = None
 
     def command(self) -> list[str]:
         executable, trees = interpreter_trees()
@@ -192,6 +249,8 @@ class JailSpec:
         argv += ["--uid", str(self.identity.uid), "--gid", str(self.identity.gid)]
         argv += ["--processes", str(self.processes), "--oom-score-adj", str(APP_OOM_SCORE_ADJ)]
         argv += ["--cwd", APP_ROOT]
+        if self.cgroup is not None:
+            argv += ["--cgroup", str(self.cgroup)]
         if self.network:
             argv.append("--network")
         for tree in ["/usr", *map(str, trees), *self.packages]:
@@ -239,6 +298,7 @@ __all__ = [
     "APP_ROOT",
     "Identities",
     "JailSpec",
+    "RunCgroups",
     "RunFolder",
     "RunIdentity",
     "app_environment",

@@ -8,7 +8,8 @@ only, so it starts in milliseconds and imports nothing an app could have
 influenced). Two processes do the work:
 
 ``launcher`` (the first process, in the server's namespaces)
-    raises its ``oom_score_adj`` (inherited by everything below it, so the
+    joins the run's own cgroup (its process limit) where there is one, raises
+    its ``oom_score_adj`` (inherited by everything below it, so the
     kernel kills an app before the server), ``unshare``\s a new mount, PID,
     network, IPC and UTS namespace, forks the jail's init, waits for it and
     exits with its status. It dies with the server (``PR_SET_PDEATHSIG``), the
@@ -388,6 +389,7 @@ class Spec:
         self.processes = 256
         self.oom_score_adj = 1000
         self.network = False
+        self.cgroup = ""
         self.cwd = "/"
         self.ro: list[str] = []
         self.rw: list[tuple[str, str]] = []
@@ -419,7 +421,7 @@ def parse(args: list[str]) -> Spec:
         if option in _INT_OPTIONS:
             setattr(spec, _INT_OPTIONS[option], int(args[i + 1]))
             i += 2
-        elif option in ("--root", "--cwd"):
+        elif option in ("--root", "--cwd", "--cgroup"):
             setattr(spec, option[2:], args[i + 1])
             i += 2
         elif option == "--ro":
@@ -566,6 +568,9 @@ def launch(spec: Spec) -> int:
     """The launcher: new namespaces, fork the init, wait, report its status."""
     _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
     make_undumpable()
+    if spec.cgroup:  # first: everything the run makes is counted in its own cgroup
+        with open(spec.cgroup + "/cgroup.procs", "w") as procs:
+            procs.write(str(os.getpid()))
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     _write_proc(proc, "self/oom_score_adj", str(spec.oom_score_adj))
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET

@@ -61,6 +61,7 @@ from strongroom.server.files import SharedFolder, split_path
 from strongroom.server.isolation import (
     Identities,
     JailSpec,
+    RunCgroups,
     RunFolder,
     app_environment,
     hand_over,
@@ -95,6 +96,8 @@ class RunEnvironment:
     pins: VendorPins
     #: Hands each concurrent run its uid.
     identities: Identities = field(default_factory=Identities)
+    #: One cgroup per run (its process limit), where the runtime allows.
+    cgroups: RunCgroups = field(default_factory=lambda: RunCgroups(None))
     #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
     measurement: str = ""
     #: Says which hop of the egress path to the key service fails (None: none does), so
@@ -180,7 +183,10 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         await asyncio.to_thread(_open_into, spec, envr, data_key, folder, abandoned)
         del data_key
         relative_entry = _entry_path(app_dir, entry)
-        with envr.identities.claim() as identity:
+        with (
+            envr.identities.claim() as identity,
+            envr.cgroups.claim(folder.root.name, processes) as cgroup,
+        ):
             await asyncio.to_thread(hand_over, folder, identity)
             status_read, status_write = os.pipe()
             try:
@@ -194,6 +200,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
                     identity=identity,
                     processes=processes,
                     status_fd=status_write,
+                    cgroup=cgroup,
                 )
                 process = await asyncio.create_subprocess_exec(
                     *jail.command(),

@@ -15,6 +15,7 @@ from strongroom.enclave.base import EnclaveSpec, check_name, memory_warning
 from strongroom.enclave.sandbox import (
     ENTRY_MODULE,
     IMAGE_SITES,
+    INIT_PROGRAM,
     SANDBOX_CAPS,
     EnclavePaths,
     cgroup_id,
@@ -57,9 +58,11 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     assert ro["/image"] == str(paths.image_dir)
     assert ro["/run/strongroom/attestor.sock"] == str(paths.attestor_socket)
     assert ro["/run/strongroom/egress.sock"] == str(paths.egress_socket)
+    # the sandbox starts with the host's copy of the jail module, never the image's
+    assert ro[INIT_PROGRAM] == str(enclave_init_program()) == jail.__file__
     allowed = {"/usr", "/etc/ld.so.cache", "/image", os.path.realpath(sys.base_prefix)}
     allowed |= {d for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")}
-    allowed |= {"/run/strongroom/attestor.sock", "/run/strongroom/egress.sock"}
+    allowed |= {"/run/strongroom/attestor.sock", "/run/strongroom/egress.sock", INIT_PROGRAM}
     binds = set(ro) | {dest for _, dest in _pairs(options, "--ro-bind-try")}
     assert binds <= allowed, binds - allowed
     assert not any(str(tmp_path) in dest for dest in binds)  # the workspace is not visible
@@ -70,9 +73,7 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     assert sizes[1:] == [apps_mib, shared_mib] and shared_mib + apps_mib <= 512 - 96
     command = argv[argv.index("--") + 1 :]
     assert command[1:3] == ["-S", "-E"]
-    program = command[command.index("-c") + 1]
-    assert program == enclave_init_program() == Path(jail.__file__).read_text()
-    init = command[command.index(program) + 1 :]
+    init = command[command.index(INIT_PROGRAM) + 1 :]
     assert init[: len(IMAGE_SITES) + 3] == ["--enclave-init", *IMAGE_SITES, "--", ENTRY_MODULE]
     assert ENTRY_MODULE == "strongroom.server"
     tail = init[len(IMAGE_SITES) + 3 :]
