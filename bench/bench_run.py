@@ -20,7 +20,7 @@ the proxy and the key service are stopped at the end, whatever happens.
      this process over one warm connection: the enclave-side cost alone,
      split by the run's own events (key release, decryption + spawn, app).
 
-   Target: at most 250 ms more than the baseline at p50.
+   Targets: at most 300 ms more than the baseline at p50 for (a), 60 ms for (b).
 
 2. ``push`` and ``pull`` of one ``--size-mib`` file and of ``--small-files`` ×
    4 KiB files (100 per directory), best of ``--repeat``, each against a raw
@@ -67,7 +67,9 @@ MiB = 1 << 20
 CHUNK = MiB
 SMALL_SIZE = 4096
 FILES_PER_DIR = 100
-RUN_TARGET_MS = 250.0
+#: Targets over the baseline at p50: the CLI path, and the library path alone.
+CLI_TARGET_MS = 300.0
+LIBRARY_TARGET_MS = 60.0
 LARGE_TARGET_RATIO = 0.5
 SMALL_TARGET_FPS = 1000.0
 WARMUP_RUNS = 2
@@ -222,12 +224,18 @@ class RunSplits:
     ended: float
 
 
-def run_request(scratch: Scratch) -> dict[str, Any]:
-    """The request ``strongroom run hello.sealed --entry hello.py`` sends (see run_command)."""
+def run_request(scratch: Scratch, client: Any) -> dict[str, Any]:
+    """The request ``strongroom run hello.sealed --entry hello.py`` sends (see run_command),
+    with the run's session credentials (valid 15 minutes: longer than the benchmark)."""
     from strongroom.cli.client import ENCRYPTED_DIR, _run_credentials
     from strongroom.workspace import Workspace
 
-    credentials, key_service = _run_credentials(Workspace.locate(scratch.home))
+    credentials, key_service = _run_credentials(
+        Workspace.locate(scratch.home),
+        client,
+        scratch.root / "hello.sealed",
+        f"{ENCRYPTED_DIR}/hello.sealed",
+    )
     return {
         "package": f"{ENCRYPTED_DIR}/hello.sealed",
         "entry": "hello.py",
@@ -290,10 +298,10 @@ def bench_run(scratch: Scratch, runs: int) -> None:
             raise BenchError(f"strongroom run printed {result.stdout!r}")
         return elapsed
 
-    request = run_request(scratch)
     times: dict[str, list[float]] = {"base": [], "startup": [], "cli": [], "lib": []}
     splits: list[RunSplits] = []
     with enclave_client(scratch) as client:
+        request = run_request(scratch, client)
         for _ in range(WARMUP_RUNS):  # the first CLI run also uploads the package
             direct(), startup(), via_cli(), library_run(client, request)
         for _ in range(runs):  # interleaved, so that all four see the same machine
@@ -308,20 +316,20 @@ def bench_run(scratch: Scratch, runs: int) -> None:
     print(f"\n## 1. run overhead: hello world, warm enclave, {runs} interleaved runs each\n")
     print(
         f"{'variant':<48}{'p50 ms':>9}{'p95 ms':>9}{'+p50 ms':>9}{'+p95 ms':>9}"
-        f"{'x p50':>8}  target +p50 <= {RUN_TARGET_MS:.0f} ms"
+        f"{'x p50':>8}  targets +p50: (a) <= {CLI_TARGET_MS:.0f} ms, (b) <= {LIBRARY_TARGET_MS:.0f} ms"
     )
     rows = [
-        ("baseline: python -S -s hello.py", "base", False),
-        ("CLI start-up alone: strongroom --version", "startup", False),
-        ("(a) CLI: strongroom run hello.sealed", "cli", True),
-        ("(b) library: EnclaveClient.run (warm conn.)", "lib", True),
+        ("baseline: python -S -s hello.py", "base", None),
+        ("CLI start-up alone: strongroom --version", "startup", None),
+        ("(a) CLI: strongroom run hello.sealed", "cli", CLI_TARGET_MS),
+        ("(b) library: EnclaveClient.run (warm conn.)", "lib", LIBRARY_TARGET_MS),
     ]
-    for label, key, targeted in rows:
+    for label, key, target in rows:
         p50, p95 = percentile(times[key], 50) * 1e3, percentile(times[key], 95) * 1e3
         extra = "" if key == "base" else f"{p50 - base50:>9.1f}{p95 - base95:>9.1f}"
         verdict = ""
-        if targeted:
-            verdict = "meets" if p50 - base50 <= RUN_TARGET_MS else "MISSES"
+        if target is not None:
+            verdict = "meets" if p50 - base50 <= target else "MISSES"
         print(
             f"{label:<48}{p50:>9.1f}{p95:>9.1f}{extra or ' ' * 18}{p50 / base50:>8.2f}  {verdict}"
         )

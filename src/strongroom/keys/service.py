@@ -18,24 +18,23 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from strongroom._internal import services
-from strongroom.attestation.service import RecipientAttestation
 from strongroom.errors import (
     ServiceNotRunningError,
     StrongroomError,
     UnavailableError,
     UsageError,
 )
-from strongroom.keys._protocol import BoundedHttpProtocol, connection_cap
-from strongroom.keys.audit import AuditLog
-from strongroom.keys.aws import KmsKeyService
-from strongroom.keys.local import Caller, RecipientVerifier
-from strongroom.keys.server import KmsApplication
-from strongroom.keys.store import KeyStore
-from strongroom.keys.sts import SessionStore
 from strongroom.transport import base as transport
 from strongroom.workspace import Workspace
+
+if TYPE_CHECKING:  # the server and boto3 are imported where used: `run` needs neither
+    from strongroom.attestation.service import RecipientAttestation
+    from strongroom.keys.aws import KmsKeyService
+    from strongroom.keys.local import RecipientVerifier
+    from strongroom.keys.server import KmsApplication
 
 KIND = "keys"
 NAME = "keyservice"
@@ -84,6 +83,12 @@ def recipient_verifier(ws: Workspace) -> RecipientVerifier:
 
 
 def build_app(ws: Workspace) -> KmsApplication:
+    from strongroom.keys.audit import AuditLog
+    from strongroom.keys.local import Caller
+    from strongroom.keys.server import KmsApplication
+    from strongroom.keys.store import KeyStore
+    from strongroom.keys.sts import SessionStore
+
     callers = {
         ident.access_key_id: (
             ident.secret_access_key,
@@ -117,6 +122,8 @@ def running(ws: Workspace) -> services.ServiceRecord | None:
 def serve(ws: Workspace, listen: str | None = None, *, on_ready: Callable[[str], None]) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
     import uvicorn
+
+    from strongroom.keys._protocol import BoundedHttpProtocol, connection_cap
 
     _require_local(ws)
     existing = running(ws)
@@ -233,6 +240,8 @@ def local_endpoint(ws: Workspace) -> str:
 
 def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
     """The KeyService a command of this workspace should use, acting as ``identity``."""
+    from strongroom.keys.aws import KmsKeyService
+
     config = ws.config
     if config.target == "aws":
         # AWS: the standard credential chain decides who we are.
