@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
-import socket
 import string
 import tomllib
 from dataclasses import dataclass
@@ -228,22 +226,30 @@ def _role_arn(value: object) -> str | None:
 
 def _new_account_id(avoid: set[str]) -> str:
     while True:
+        import secrets  # only when a workspace is made
+
         account = str(secrets.randbelow(9 * 10**11) + 10**11)
         if account not in avoid:
             return account
 
 
 def _new_access_key_id() -> str:
+    import secrets
+
     alphabet = string.ascii_uppercase + "234567"
     return "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))
 
 
 def _new_secret_key() -> str:
+    import secrets
+
     alphabet = string.ascii_letters + string.digits + "+/"
     return "".join(secrets.choice(alphabet) for _ in range(40))
 
 
 def _free_tcp_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]

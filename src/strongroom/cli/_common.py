@@ -13,15 +13,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from strongroom.workspace import Workspace
 
@@ -63,6 +54,8 @@ def emit_json(value: Any) -> None:
 def emit_table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> None:
+    from rich.table import Table  # on use: every command pays for what it imports here
+
     table = Table(*columns, title=title, title_justify="left")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
@@ -89,6 +82,15 @@ def byte_progress(
     if not enabled or not err.is_terminal:
         yield lambda _n: None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

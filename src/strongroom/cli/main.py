@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 
 import click
 from rich.markup import escape
@@ -94,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except StrongroomError as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except Exception as e:  # a bug: still one line, with the way to learn more
         if verbose:
+            import traceback
+
             traceback.print_exc()
         err.print(
             f"[bold red]error:[/] internal error: {escape(type(e).__name__)}: {escape(str(e))}"

@@ -98,7 +98,7 @@ from strongroom.errors import (
     UnavailableError,
     UsageError,
 )
-from strongroom.image import ENTRYPOINT, Measurements, read_runtime_descriptor
+from strongroom.image import ENTRYPOINT, Measurements
 from strongroom.server import (
     APPS_DIR,
     ATTESTOR_SOCKET,
@@ -106,7 +106,6 @@ from strongroom.server import (
     IMAGE_MOUNT,
     RUNS_CGROUP,
     SHARED_DIR,
-    jail,
 )
 from strongroom.server.isolation import (
     SYSTEM_DIRS,
@@ -114,7 +113,6 @@ from strongroom.server.isolation import (
     filesystem_sizes,
     interpreter_trees,
 )
-from strongroom.server.jail import VISIBLE_PROC
 from strongroom.transport.base import UnixAddress
 from strongroom.transport.http import http_transport
 from strongroom.workspace import Workspace
@@ -175,6 +173,8 @@ def enclave_init_program() -> Path:
     It runs before any of the image's code, so it must come from the host's
     Strongroom, never from the image (whose server it then starts).
     """
+    from strongroom.server import jail
+
     return Path(jail.__file__)
 
 
@@ -239,6 +239,8 @@ def sandbox_command(
     ``runs_cgroup``, when the limits made one, is the cgroup the server gets
     (read-write: the enclave's one writable host path) to limit each run.
     """
+    from strongroom.server.jail import VISIBLE_PROC
+
     executable, trees = interpreter_trees()
     shared_mib, apps_mib = filesystem_sizes(memory_mib)
     argv = [
@@ -472,6 +474,8 @@ class SandboxRuntime:
             raise NotFoundError(
                 f"no image at {image}", hint="build one with `strongroom image build`"
             )
+        from strongroom.image import read_runtime_descriptor
+
         read_runtime_descriptor(image)  # a Nitro EIF or not an EIF: fail now, not in the supervisor
         warnings = tuple(w for w in [memory_warning(spec.memory_mib, image.stat().st_size)] if w)
         check_sandbox()

@@ -24,10 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cbor2
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from strongroom.image.eif import MAX_SIGNATURE_SIZE, EifReader, SectionType
 from strongroom.image.errors import ImageFormatError
 
@@ -95,6 +91,12 @@ def _certificate_bytes(value: Any) -> bytes:
 
 def signing_certificate_der(signature_section: bytes) -> bytes:
     """The DER of the first signing certificate in an EIF signature section."""
+    # imported here: only signed (Nitro) images need them, and every command that
+    # merely looks at enclaves imports this module
+    import cbor2
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         signatures = cbor2.loads(signature_section)
     except (cbor2.CBORDecodeError, ValueError) as e:

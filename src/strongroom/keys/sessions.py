@@ -27,16 +27,15 @@ The IAM permissions the aws target needs are in ``docs/SECURITY.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
-
-import botocore.config
-import botocore.exceptions
 
 from strongroom.errors import (
     AccessDeniedError,
@@ -47,12 +46,14 @@ from strongroom.errors import (
     UnavailableError,
     UsageError,
 )
-from strongroom.keys import ciphertext
-from strongroom.keys.base import InvalidCiphertextError
 from strongroom.workspace import Workspace
 
 #: The shortest session STS issues; a run needs its key within seconds of starting.
 RUN_SESSION_DURATION_S = 900
+#: A cached session serves further runs while at least this much of it is left.
+REUSE_MARGIN = timedelta(minutes=10)
+#: Where, in the workspace's run directory, sessions are cached (0700; files 0600).
+SESSION_CACHE = "sessions"
 #: Session names are ``strongroom-run-<8 hex>``, which the key-service audit log shows.
 SESSION_NAME_PREFIX = "strongroom-run-"
 #: The only action a run's credentials allow.
@@ -110,6 +111,9 @@ def decrypt_resource(key_id: str | None, encrypted_data_key: bytes, *, region: s
         return key_id
     if key_id and _is_uuid(key_id):
         return f"arn:aws:kms:{region}:*:key/{key_id}"
+    from strongroom.keys import ciphertext  # legacy packages only
+    from strongroom.keys.base import InvalidCiphertextError
+
     try:
         named = ciphertext.parse_header(encrypted_data_key).key_id
     except InvalidCiphertextError:
@@ -132,8 +136,11 @@ def issue(
     """Ask STS for a run's credentials: ``AssumeRole`` on ``role_arn``, or
     ``GetFederationToken`` when there is no role, with :func:`decrypt_only_policy`.
 
-    ``sts`` is a boto3 STS client (AWS STS, or the local key service's).
+    ``sts`` is a boto3 STS client (AWS STS), or a :class:`QuerySts` (the local
+    key service's).
     """
+    import botocore.exceptions  # loaded with the client already; here to keep imports cheap
+
     name = session_name or new_session_name()
     policy = decrypt_only_policy(resource)
     try:
@@ -192,6 +199,7 @@ class QuerySts:
         import urllib.parse
         import xml.etree.ElementTree as ElementTree
 
+        import botocore.exceptions
         import httpx
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -244,11 +252,60 @@ class QuerySts:
 
 
 def run_credentials(ws: Workspace, resource: str) -> RunCredentials:
-    """The scoped credentials of one run, from the workspace's STS.
+    """The scoped credentials of one run: a cached session for ``resource`` with at
+    least :data:`REUSE_MARGIN` left, else a new one from the workspace's STS.
 
-    The choice of target is made here, once; :func:`issue` is the same call
-    on both.
+    A session serves the runs of its key for its first few minutes: reusing it
+    widens nothing (its scope is the run's own, and it was valid for 15 minutes
+    anyway) and spares every run an STS round trip and botocore's start-up.
     """
+    cache = ws.run_dir / SESSION_CACHE / (hashlib.sha256(resource.encode()).hexdigest() + ".json")
+    cached = _load_cached(cache, resource)
+    if cached is not None:
+        return cached
+    fresh = _issue_for(ws, resource)
+    _store_cached(cache, fresh)
+    return fresh
+
+
+def _load_cached(path: Path, resource: str) -> RunCredentials | None:
+    try:
+        raw = json.loads(path.read_text())
+        creds = RunCredentials(
+            access_key_id=raw["access_key_id"],
+            secret_access_key=raw["secret_access_key"],
+            session_token=raw["session_token"],
+            expiration=datetime.fromisoformat(raw["expiration"]),
+            principal_arn=raw["principal_arn"],
+            session_name=raw["session_name"],
+            resource=raw["resource"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if creds.resource != resource or creds.expiration - datetime.now(UTC) < REUSE_MARGIN:
+        return None
+    return creds
+
+
+def _store_cached(path: Path, creds: RunCredentials) -> None:
+    from strongroom._internal.files import write_secret
+
+    record = {
+        "access_key_id": creds.access_key_id,
+        "secret_access_key": creds.secret_access_key,
+        "session_token": creds.session_token,
+        "expiration": creds.expiration.astimezone(UTC).isoformat(),
+        "principal_arn": creds.principal_arn,
+        "session_name": creds.session_name,
+        "resource": creds.resource,
+    }
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_secret(path, json.dumps(record).encode())
+
+
+def _issue_for(ws: Workspace, resource: str) -> RunCredentials:
+    """A new session from the workspace's STS. The choice of target is made here, once;
+    :func:`issue` is the same call on both."""
     config = ws.config
     if config.target == "local":
         from strongroom.keys.service import local_endpoint
@@ -285,13 +342,16 @@ def run_credentials(ws: Workspace, resource: str) -> RunCredentials:
                 hint="set [aws] run_role_arn in the workspace config.toml to a role the host "
                 "may assume (see docs/SECURITY.md)",
             )
+    import botocore.config
+
     sts = boto_client(
         "sts", region_name=config.region, config=botocore.config.Config(**_STS_CONFIG)
     )
     return issue(sts, resource=resource, role_arn=role)
 
 
-def _sts_error(error: botocore.exceptions.ClientError, operation: str) -> Exception:
+def _sts_error(error: Any, operation: str) -> Exception:
+    """Our error for a botocore ``ClientError`` from STS."""
     code = error.response.get("Error", {}).get("Code", "")
     message = error.response.get("Error", {}).get("Message", "") or str(error)
     text = f"STS refused the run's session credentials: {message} ({code})"

@@ -30,45 +30,87 @@ Invariants:
   opened, in memory and within a size limit.
 """
 
-from strongroom.sealing.format import (
-    CONTEXT_APP,
-    CONTEXT_APP_VERSION,
-    CONTEXT_VENDOR,
-    DEFAULT_CHUNK_SIZE,
-    FORMAT_VERSION,
-    MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
-    READ_VERSIONS,
-    SealedHeader,
-)
-from strongroom.sealing.legacy import LegacyHeader, legacy_fernet_key
-from strongroom.sealing.manifest import (
-    DEFAULT_PROCESSES,
-    MANIFEST_NAME,
-    RESERVED_ENV_NAMES,
-    RESERVED_ENV_PREFIXES,
-    AppManifest,
-    check_host_request,
-    env_name_reserved,
-)
-from strongroom.sealing.package import (
-    Header,
-    PackageInfo,
-    inspect,
-    open_package,
-    read_header,
-    seal,
-    unseal,
-)
-from strongroom.sealing.signing import (
-    SigningKeyFiles,
-    create_signing_key,
-    load_signer_public_key,
-    load_signing_key,
-    signer_fingerprint,
-    verify_signature,
-)
-from strongroom.sealing.tree import ExtractLimits
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from strongroom.sealing.format import (
+        CONTEXT_APP,
+        CONTEXT_APP_VERSION,
+        CONTEXT_VENDOR,
+        DEFAULT_CHUNK_SIZE,
+        FORMAT_VERSION,
+        MAX_CHUNK_SIZE,
+        MIN_CHUNK_SIZE,
+        READ_VERSIONS,
+        SealedHeader,
+    )
+    from strongroom.sealing.header import Header, read_header
+    from strongroom.sealing.legacy import LegacyHeader, legacy_fernet_key
+    from strongroom.sealing.manifest import (
+        DEFAULT_PROCESSES,
+        MANIFEST_NAME,
+        RESERVED_ENV_NAMES,
+        RESERVED_ENV_PREFIXES,
+        AppManifest,
+        check_host_request,
+        env_name_reserved,
+    )
+    from strongroom.sealing.package import PackageInfo, inspect, open_package, seal, unseal
+    from strongroom.sealing.signing import (
+        SigningKeyFiles,
+        create_signing_key,
+        load_signer_public_key,
+        load_signing_key,
+        signer_fingerprint,
+        verify_signature,
+    )
+    from strongroom.sealing.tree import ExtractLimits
+
+#: Each name, and the module it comes from: imported on first use, so reading a
+#: header (``strongroom run``) does not load the AEAD, tar, zip and signing code.
+_LAZY = {
+    "CONTEXT_APP": "format",
+    "CONTEXT_APP_VERSION": "format",
+    "CONTEXT_VENDOR": "format",
+    "DEFAULT_CHUNK_SIZE": "format",
+    "FORMAT_VERSION": "format",
+    "MAX_CHUNK_SIZE": "format",
+    "MIN_CHUNK_SIZE": "format",
+    "READ_VERSIONS": "format",
+    "SealedHeader": "format",
+    "LegacyHeader": "legacy",
+    "legacy_fernet_key": "legacy",
+    "DEFAULT_PROCESSES": "manifest",
+    "MANIFEST_NAME": "manifest",
+    "RESERVED_ENV_NAMES": "manifest",
+    "RESERVED_ENV_PREFIXES": "manifest",
+    "AppManifest": "manifest",
+    "check_host_request": "manifest",
+    "env_name_reserved": "manifest",
+    "Header": "header",
+    "read_header": "header",
+    "PackageInfo": "package",
+    "inspect": "package",
+    "open_package": "package",
+    "seal": "package",
+    "unseal": "package",
+    "SigningKeyFiles": "signing",
+    "create_signing_key": "signing",
+    "load_signer_public_key": "signing",
+    "load_signing_key": "signing",
+    "signer_fingerprint": "signing",
+    "verify_signature": "signing",
+    "ExtractLimits": "tree",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'strongroom.sealing' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"strongroom.sealing.{module}"), name)
+
 
 __all__ = [
     "CONTEXT_APP",

@@ -35,20 +35,23 @@ import io
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from strongroom.errors import InvalidInputError, VerificationError
-from strongroom.sealing.manifest import MAX_MANIFEST_BYTES, AppManifest
-from strongroom.sealing.signing import (
-    PUBLIC_KEY_SIZE,
-    SIGNATURE_CONTEXT,
-    SIGNATURE_SECTION_SIZE,
-    public_key_bytes,
-    signature_valid,
-    signer_fingerprint,
-)
+
+if TYPE_CHECKING:  # imported where used: reading an unsigned header needs neither
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from strongroom.sealing.manifest import AppManifest
+
+#: Domain separation: header signatures can never be mistaken for another message.
+SIGNATURE_CONTEXT = b"strongroom package header v2\x00"
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+#: The signature section's content when signed: public key || signature.
+SIGNATURE_SECTION_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
+#: The largest manifest (canonical JSON, and the strongroom.toml it comes from).
+MAX_MANIFEST_BYTES = 64 * 1024
 
 #: The first 8 bytes of every package of this format, whatever its version.
 MAGIC = b"STRONGRM"
@@ -247,6 +250,8 @@ def build_header(
         if signing_key is None:
             raw += _U16.pack(0)
         else:
+            from strongroom.sealing.signing import public_key_bytes
+
             signature = signing_key.sign(SIGNATURE_CONTEXT + raw)
             public_key = public_key_bytes(signing_key)
             raw += _U16.pack(SIGNATURE_SECTION_SIZE) + public_key + signature
@@ -314,17 +319,18 @@ def read_sealed_header(stream: BinaryIO, *, name: str, head: bytes = b"") -> Sea
         raise InvalidInputError(
             f"{name} has {len(raw) - fields.offset} unexpected header bytes", hint=DAMAGED_HINT
         )
-    if (
-        signer is not None
-        and signature is not None
-        and not signature_valid(signer, signature, SIGNATURE_CONTEXT + raw[:signed_end])
-    ):
-        raise VerificationError(
-            f"{name}: the signature is invalid (claimed signer {signer_fingerprint(signer)}): "
-            "the header was changed after it was signed",
-            hint="obtain a fresh copy of the package from the vendor",
-        )
+    if signer is not None and signature is not None:
+        from strongroom.sealing.signing import signature_valid, signer_fingerprint
+
+        if not signature_valid(signer, signature, SIGNATURE_CONTEXT + raw[:signed_end]):
+            raise VerificationError(
+                f"{name}: the signature is invalid (claimed signer "
+                f"{signer_fingerprint(signer)}): the header was changed after it was signed",
+                hint="obtain a fresh copy of the package from the vendor",
+            )
     if canonical:
+        from strongroom.sealing.manifest import AppManifest
+
         manifest = AppManifest.from_canonical(canonical, source=f"{name}: the manifest")
     return SealedHeader(
         raw=raw,

@@ -36,8 +36,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-from cryptography.fernet import Fernet, InvalidToken
-
 from strongroom.errors import InvalidInputError, TamperedError
 from strongroom.sealing.format import NOT_A_PACKAGE_HINT, read_up_to
 from strongroom.sealing.tree import (
@@ -127,6 +125,8 @@ def open_legacy(
         parts.append(part)
     token = b"".join(parts)
     del parts
+    from cryptography.fernet import Fernet, InvalidToken  # here: reading a header needs neither
+
     try:
         fernet = Fernet(legacy_fernet_key(data_key))
     except ValueError:

@@ -51,6 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from strongroom.errors import InvalidInputError, StrongroomError, UsageError
+from strongroom.sealing.format import MAX_MANIFEST_BYTES
 from strongroom.sealing.tree import ExtractLimits, name_problem
 
 MANIFEST_NAME = "strongroom.toml"
@@ -58,7 +59,6 @@ MANIFEST_NAME = "strongroom.toml"
 DEFAULT_PROCESSES = 256
 
 #: Bytes of ``strongroom.toml``, and of its canonical JSON in the header.
-MAX_MANIFEST_BYTES = 64 * 1024
 MAX_ENTRIES = 64
 MAX_ENV = 64
 MAX_EGRESS = 16

@@ -47,23 +47,15 @@ from strongroom.keys.base import KeyService
 from strongroom.sealing.archive import extract_tar, write_tar
 from strongroom.sealing.format import (
     DEFAULT_CHUNK_SIZE,
-    MAGIC,
     NONCE_PREFIX_SIZE,
     NOT_A_PACKAGE_HINT,
     SALT_SIZE,
-    SealedHeader,
     build_header,
     check_chunk_size,
     encode_context,
-    read_sealed_header,
-    read_up_to,
 )
-from strongroom.sealing.legacy import (
-    LegacyHeader,
-    looks_legacy,
-    open_legacy,
-    read_legacy_header,
-)
+from strongroom.sealing.header import Header, read_header
+from strongroom.sealing.legacy import LegacyHeader, open_legacy
 from strongroom.sealing.manifest import AppManifest
 from strongroom.sealing.stream import (
     ChunkReader,
@@ -74,10 +66,6 @@ from strongroom.sealing.stream import (
     derive_payload_key,
 )
 from strongroom.sealing.tree import ExtractLimits, SafeTree
-
-#: What :func:`read_header` returns: either kind carries ``encrypted_data_key``,
-#: ``key_id`` and ``encryption_context``, the arguments of KMS Decrypt.
-Header = SealedHeader | LegacyHeader
 
 _DEFAULT_LIMITS = ExtractLimits()
 _WRITE_HINT = "check the free space and permissions of the output directory"
@@ -104,23 +92,6 @@ class PackageInfo:
     manifest: AppManifest | None = None
     #: Raw Ed25519 public key whose signature over the header verified; None: unsigned.
     signer: bytes | None = None
-
-
-def read_header(stream: BinaryIO, *, name: str = "the package") -> Header:
-    """Read a v1, v2 or legacy header, leaving ``stream`` where :func:`open_package` continues.
-
-    ``name`` is how error messages call the stream (a file name, say).
-    """
-    head = read_up_to(stream, len(MAGIC))
-    if not head:
-        raise InvalidInputError(
-            f"{name} is empty (0 bytes): not a sealed package", hint=NOT_A_PACKAGE_HINT
-        )
-    if head == MAGIC:
-        return read_sealed_header(stream, name=name, head=head)
-    if looks_legacy(head):
-        return read_legacy_header(stream, name=name, head=head)
-    raise InvalidInputError(f"{name} is not a Strongroom sealed package", hint=NOT_A_PACKAGE_HINT)
 
 
 def inspect(path: Path) -> PackageInfo:

@@ -52,17 +52,15 @@ from strongroom.errors import (
     UsageError,
     VerificationError,
 )
+from strongroom.sealing.format import (
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+)
 
 if TYPE_CHECKING:
     from strongroom.sealing.format import SealedHeader
     from strongroom.sealing.legacy import LegacyHeader
 
-#: Domain separation: these signatures can never be mistaken for another message.
-SIGNATURE_CONTEXT = b"strongroom package header v2\x00"
-PUBLIC_KEY_SIZE = 32
-SIGNATURE_SIZE = 64
-#: The signature section's content when signed: public key || signature.
-SIGNATURE_SECTION_SIZE = PUBLIC_KEY_SIZE + SIGNATURE_SIZE
 FINGERPRINT_PREFIX = "ed25519:"
 #: Hex digits of SHA-256 shown in a fingerprint (128 bits).
 FINGERPRINT_HEX_DIGITS = 32

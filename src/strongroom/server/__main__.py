@@ -107,6 +107,7 @@ async def serve(
         pins=pins,
     )
     app = create_app(config)
+    config.launchers.prime()
     server_config = uvicorn.Config(
         app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
     )

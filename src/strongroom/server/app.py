@@ -64,6 +64,7 @@ from strongroom.server import RUNS_CGROUP
 from strongroom.server.api import FilesApi, RunApi
 from strongroom.server.files import SharedFolder
 from strongroom.server.isolation import Identities, RunCgroups
+from strongroom.server.launchers import Launchers
 from strongroom.server.openapi import document as openapi_document
 from strongroom.server.runs import RunEnvironment
 from strongroom.transport.base import Address
@@ -134,7 +135,7 @@ class ServerConfig:
         default_factory=lambda: ec.generate_private_key(ec.SECP384R1()), repr=False
     )
     identities: Identities = field(default_factory=Identities)
-    cgroups: RunCgroups = field(default_factory=lambda: RunCgroups(Path(RUNS_CGROUP)))
+    launchers: Launchers = field(default_factory=lambda: Launchers(RunCgroups(Path(RUNS_CGROUP))))
 
 
 #: What to do when the egress path answers a tunnel to the key service with this status.
@@ -308,7 +309,7 @@ def create_app(config: ServerConfig) -> Starlette:
             key_service=key_service,
             pins=config.pins,
             identities=config.identities,
-            cgroups=config.cgroups,
+            launchers=config.launchers,
             measurement=config.identity.pcrs.get(0, b"").hex(),
             egress_problem=key_service_egress_problem,
         )

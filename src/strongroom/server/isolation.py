@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -34,7 +35,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import strongroom
 from strongroom.errors import UnavailableError
 
 #: Where the app finds its files inside the jail (its working directory and HOME).
@@ -74,15 +74,6 @@ main.__file__, main.__loader__ = entry, loader
 main.__spec__ = ModuleSpec("__main__", loader, origin=entry)
 sys.modules["__main__"] = main
 loader.exec_module(main)
-"""
-
-#: The launcher is imported from the server's own package tree (so its bytecode
-#: is cached with the server's), then given the jail's command line.
-_LAUNCHER = """\
-import sys
-sys.path.insert(0, {site!r})
-from strongroom.server import jail
-sys.exit(jail.main(sys.argv[1:]))
 """
 
 
@@ -175,19 +166,26 @@ class RunCgroups:
     def __init__(self, root: Path | None) -> None:
         self.root = root if root is not None and (root / "cgroup.procs").exists() else None
 
-    @contextmanager
-    def claim(self, name: str, processes: int) -> Iterator[Path | None]:
+    def create(self) -> Path | None:
+        """A cgroup for a launcher started ahead (it joins at once: moving a process
+        between cgroups waits for an RCU grace period, which no run should wait for)."""
         if self.root is None:
-            yield None
-            return
-        group = self.root / name
+            return None
+        group = self.root / secrets.token_hex(8)
         group.mkdir()
-        try:
+        return group
+
+    @staticmethod
+    def limit(group: Path | None, processes: int) -> None:
+        """Set the run's process limit, before its launcher forks anything."""
+        if group is not None:
             (group / "pids.max").write_text(str(processes))
-            yield group
-        finally:
-            # in a thread: the group empties only once the server has reaped the jail's
-            # launcher, which needs the event loop this must not block
+
+    @staticmethod
+    def release(group: Path | None) -> None:
+        """Empty and remove ``group`` in the background: it empties only once the server
+        has reaped the launcher, which needs the event loop this must not block."""
+        if group is not None:
             threading.Thread(target=_empty_and_remove, args=(group,), daemon=True).start()
 
 
@@ -233,24 +231,14 @@ class JailSpec:
     env: Mapping[str, str]
     identity: RunIdentity
     processes: int
-    status_fd: int
     network: bool = False
-    #: The run's own cgroup, which the launcher joins before anything else, if any.
-    cgroup: Path | None = None
 
-    def command(self) -> list[str]:
+    def arguments(self) -> list[str]:
+        """The jail's options and the app's command line, as a launcher reads them."""
         executable, trees = interpreter_trees()
-        site = str(Path(strongroom.__file__).parents[1])
-        launcher = [str(executable), "-I", "-S"]
-        if sys.pycache_prefix:
-            launcher += ["-X", f"pycache_prefix={sys.pycache_prefix}"]
-        argv = [*launcher, "-c", _LAUNCHER.format(site=site)]
-        argv += ["--status-fd", str(self.status_fd)]
-        argv += ["--uid", str(self.identity.uid), "--gid", str(self.identity.gid)]
-        argv += ["--processes", str(self.processes), "--oom-score-adj", str(APP_OOM_SCORE_ADJ)]
+        argv = ["--uid", str(self.identity.uid), "--gid", str(self.identity.gid)]
+        argv += ["--processes", str(self.processes)]
         argv += ["--cwd", APP_ROOT]
-        if self.cgroup is not None:
-            argv += ["--cgroup", str(self.cgroup)]
         if self.network:
             argv.append("--network")
         for tree in ["/usr", *map(str, trees), *self.packages]:

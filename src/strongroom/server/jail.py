@@ -7,7 +7,8 @@ this module (``python -I -S -c ... --status-fd N ... -- APP``: standard library
 only, so it starts in milliseconds and imports nothing an app could have
 influenced). Two processes do the work:
 
-``launcher`` (the first process, in the server's namespaces)
+``launcher`` (the first process, in the server's namespaces; started ahead
+    of its run, it waits for the run's arguments on a pipe)
     joins the run's own cgroup (its process limit) where there is one, raises
     its ``oom_score_adj`` (inherited by everything below it, so the
     kernel kills an app before the server), ``unshare``\s a new mount, PID,
@@ -387,9 +388,7 @@ class Spec:
         self.root = "/tmp"  # noqa: S108 - a mount point in the jail's own mount namespace
         self.uid = self.gid = 0
         self.processes = 256
-        self.oom_score_adj = 1000
         self.network = False
-        self.cgroup = ""
         self.cwd = "/"
         self.ro: list[str] = []
         self.rw: list[tuple[str, str]] = []
@@ -398,10 +397,7 @@ class Spec:
         self.argv: list[str] = []
 
 
-_INT_OPTIONS = {
-    "--status-fd": "status_fd", "--uid": "uid", "--gid": "gid", "--processes": "processes",
-    "--oom-score-adj": "oom_score_adj",
-}  # fmt: skip
+_INT_OPTIONS = {"--uid": "uid", "--gid": "gid", "--processes": "processes"}
 
 
 def parse(args: list[str]) -> Spec:
@@ -421,7 +417,7 @@ def parse(args: list[str]) -> Spec:
         if option in _INT_OPTIONS:
             setattr(spec, _INT_OPTIONS[option], int(args[i + 1]))
             i += 2
-        elif option in ("--root", "--cwd", "--cgroup"):
+        elif option in ("--root", "--cwd"):
             setattr(spec, option[2:], args[i + 1])
             i += 2
         elif option == "--ro":
@@ -436,8 +432,8 @@ def parse(args: list[str]) -> Spec:
             i += 2
         else:
             raise SetupError(f"unknown jail option {option!r}")
-    if not spec.argv or spec.status_fd < 0:
-        raise SetupError("the jail needs --status-fd and an app command after --")
+    if not spec.argv:
+        raise SetupError("the jail needs an app command after --")
     return spec
 
 
@@ -564,22 +560,35 @@ def init(spec: Spec, proc: int, alive_fd: int) -> None:
         _fail(spec.status_fd, f"cannot start {spec.argv[0]}: {e.strerror}")
 
 
-def launch(spec: Spec) -> int:
-    """The launcher: new namespaces, fork the init, wait, report its status."""
-    _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
+def prepare(oom_score_adj: int, cgroup: str) -> int:
+    """What a launcher does before it knows its run: it is the same for every run, so a
+    launcher started ahead does it while it waits (moving into a cgroup and creating
+    namespaces, a network namespace above all, can each take milliseconds). Returns a
+    descriptor of /proc."""
     make_undumpable()
-    if spec.cgroup:  # first: everything the run makes is counted in its own cgroup
-        with open(spec.cgroup + "/cgroup.procs", "w") as procs:
+    if cgroup:  # the run's own cgroup: everything the run makes will be counted there
+        with open(cgroup + "/cgroup.procs", "w") as procs:
             procs.write(str(os.getpid()))
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    _write_proc(proc, "self/oom_score_adj", str(spec.oom_score_adj))
+    _write_proc(proc, "self/oom_score_adj", str(oom_score_adj))
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
     _check(_libc.unshare(flags), "unshare namespaces")
+    return proc
+
+
+def launch(spec: Spec, proc: int, result_fd: int) -> int:
+    """The launcher, once it knows its run: fork the init, wait, report its status.
+
+    The app's wait status goes to ``result_fd`` the moment the init is reaped:
+    the launcher's own exit then waits for the kernel to tear the jail's mount
+    namespace down (an RCU grace period), which the run need not wait for.
+    """
     alive_read, alive_write = os.pipe()
     os.set_blocking(alive_read, False)
     pid = os.fork()
     if pid == 0:
         os.close(alive_write)
+        os.close(result_fd)
         init(spec, proc, alive_read)
     os.close(proc)
     os.close(alive_read)
@@ -598,11 +607,14 @@ def launch(spec: Spec) -> int:
             return SETUP_FAILED
         except InterruptedError:
             continue
+    code = os.waitstatus_to_exitcode(status)
+    os.write(result_fd, str(code).encode())
+    os.close(result_fd)
     if os.WIFSIGNALED(status):
         # die of the app's signal, so the server reports what killed the app
         _signal.signal(os.WTERMSIG(status), _signal.SIG_DFL)
         os.kill(os.getpid(), os.WTERMSIG(status))
-    return os.waitstatus_to_exitcode(status)
+    return code
 
 
 # --- the local enclave's init -------------------------------------------------------
@@ -643,7 +655,23 @@ def enclave_init(args: list[str]) -> None:
     runpy.run_module(command[0], run_name="__main__", alter_sys=True)
 
 
+_LAUNCHER_OPTIONS = ("--status-fd", "--result-fd", "--spec-fd", "--oom-score-adj", "--cgroup")
+
+
+def _read_spec(fd: int) -> list[str]:
+    """The jail's arguments, NUL-separated, as the server writes them when it has a run."""
+    chunks = []
+    with open(fd, "rb") as spec:
+        while chunk := spec.read(1 << 16):
+            chunks.append(chunk)
+    if not chunks:
+        raise SetupError("no jail arguments arrived")  # the server gave this launcher up
+    return b"".join(chunks).decode().split("\0")
+
+
 def main(args: list[str]) -> int:
+    """``--enclave-init ...`` (the local sandbox's init), or a launcher:
+    ``--status-fd N --result-fd N --spec-fd N --oom-score-adj N --cgroup DIR|""``."""
     if args[:1] == ["--enclave-init"]:
         try:
             enclave_init(args[1:])
@@ -651,15 +679,22 @@ def main(args: list[str]) -> int:
             sys.stderr.write(f"enclave init: {e}\n")
             return SETUP_FAILED
         return 0
+    _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL, "parent-death signal")
     try:
-        spec = parse(args)
-    except (SetupError, ValueError, IndexError) as e:
+        names, values = args[0::2], args[1::2]
+        if tuple(names) != _LAUNCHER_OPTIONS or len(values) != len(names):
+            raise SetupError(f"a launcher takes {' V '.join(_LAUNCHER_OPTIONS)} V")
+        status_fd, result_fd, spec_fd, oom_score_adj = (int(v) for v in values[:4])
+    except (SetupError, ValueError) as e:
         sys.stderr.write(f"jail: bad command line: {e}\n")
         return SETUP_FAILED
     try:
-        return launch(spec)
-    except (SetupError, OSError) as e:
-        _fail(spec.status_fd, f"the app sandbox could not be set up: {e}")
+        proc = prepare(oom_score_adj, values[4])
+        spec = parse(_read_spec(spec_fd))
+        spec.status_fd = status_fd
+        return launch(spec, proc, result_fd)
+    except (SetupError, OSError, ValueError, IndexError) as e:
+        _fail(status_fd, f"the app sandbox could not be set up: {e}")
     return SETUP_FAILED
 
 

@@ -67,11 +67,9 @@ from strongroom.server.isolation import (
     hand_over,
 )
 from strongroom.server.jail import SETUP_FAILED
+from strongroom.server.launchers import Launcher, Launchers
 
 OUTPUT_CHUNK = 64 * 1024
-#: How long the jail may take to start the app (namespaces, mounts, exec).
-JAIL_START_TIMEOUT_S = 30.0
-_SETUP_MESSAGE_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -96,8 +94,9 @@ class RunEnvironment:
     pins: VendorPins
     #: Hands each concurrent run its uid.
     identities: Identities = field(default_factory=Identities)
-    #: One cgroup per run (its process limit), where the runtime allows.
-    cgroups: RunCgroups = field(default_factory=lambda: RunCgroups(None))
+    #: Jail launchers, started ahead of the runs, each in its run's own cgroup (its
+    #: process limit) where the runtime allows.
+    launchers: Launchers = field(default_factory=Launchers)
     #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
     measurement: str = ""
     #: Says which hop of the egress path to the key service fails (None: none does), so
@@ -154,6 +153,9 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
     folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
     app_dir = folder.app
     process: asyncio.subprocess.Process | None = None
+    #: True once the launcher reported the app's end: every process of the jail is gone
+    #: then, and the launcher is only left to exit (which may take a moment).
+    ended = False
     #: Set once the run is over: an extraction still going on then wipes what it wrote.
     abandoned = threading.Event()
     try:
@@ -183,49 +185,42 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         await asyncio.to_thread(_open_into, spec, envr, data_key, folder, abandoned)
         del data_key
         relative_entry = _entry_path(app_dir, entry)
-        with (
-            envr.identities.claim() as identity,
-            envr.cgroups.claim(folder.root.name, processes) as cgroup,
-        ):
+        with envr.identities.claim() as identity:
             await asyncio.to_thread(hand_over, folder, identity)
-            status_read, status_write = os.pipe()
+            launcher = await envr.launchers.take()
+            process = launcher.process
             try:
-                jail = JailSpec(
-                    folder=folder,
-                    shared_dir=envr.shared.root,
-                    packages=envr.python_path,
-                    entry=relative_entry,
-                    args=tuple(map_argument(a, envr.shared) for a in spec.args),
-                    env=app_environment(dict(spec.env)),
-                    identity=identity,
-                    processes=processes,
-                    status_fd=status_write,
-                    cgroup=cgroup,
+                RunCgroups.limit(launcher.cgroup, processes)
+                setup_error = await launcher.start(
+                    JailSpec(
+                        folder=folder,
+                        shared_dir=envr.shared.root,
+                        packages=envr.python_path,
+                        entry=relative_entry,
+                        args=tuple(map_argument(a, envr.shared) for a in spec.args),
+                        env=app_environment(dict(spec.env)),
+                        identity=identity,
+                        processes=processes,
+                    )
                 )
-                process = await asyncio.create_subprocess_exec(
-                    *jail.command(),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    pass_fds=(status_write,),
-                    start_new_session=True,
-                )
+                if setup_error:
+                    raise StrongroomError(
+                        setup_error,
+                        hint="the enclave cannot isolate apps: report this with its logs",
+                    )
+                yield _event("started", pid=process.pid)
+                async for event in _supervise(launcher, spec.timeout_s):
+                    if event["type"] == "exit":
+                        ended = True
+                    yield event
             finally:
-                os.close(status_write)
-            setup_error = await _jail_started(status_read)
-            if setup_error:
-                raise StrongroomError(
-                    setup_error, hint="the enclave cannot isolate apps: report this with its logs"
-                )
-            yield _event("started", pid=process.pid)
-            async for event in _supervise(process, spec.timeout_s):
-                yield event
+                envr.launchers.give_up(launcher)
     except StrongroomError as e:
         yield _event(
             "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
         )
     finally:
-        running = process if process is not None and process.returncode is None else None
+        running = None if ended or process is None or process.returncode is not None else process
         if running is not None:
             _kill(running)
         # Wipe before any await: when the client went away this generator is being
@@ -238,10 +233,9 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             shutil.rmtree(folder.root, ignore_errors=True)  # anything the dying app still wrote
 
 
-async def _supervise(
-    process: asyncio.subprocess.Process, timeout_s: float | None
-) -> AsyncIterator[dict[str, Any]]:
+async def _supervise(launcher: Launcher, timeout_s: float | None) -> AsyncIterator[dict[str, Any]]:
     """Stream the app's output until it ends (or times out), then its ``exit`` event."""
+    process = launcher.process
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     assert process.stdout is not None and process.stderr is not None
     pumps = [
@@ -268,7 +262,15 @@ async def _supervise(
     finally:
         for pump in pumps:
             pump.cancel()
-    code = await process.wait()
+    reported = None
+    if not timed_out:  # the output may end before the app does: the deadline still holds
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            reported = await asyncio.wait_for(launcher.exit_code(), remaining)
+        except TimeoutError:
+            timed_out = True
+            _kill(process)
+    code = reported if reported is not None else await process.wait()
     if timed_out:
         yield _event("exit", code=124, reason=f"timed out after {timeout_s:g}s")
     elif code < 0:
@@ -277,20 +279,6 @@ async def _supervise(
         yield _event("exit", code=code, reason="the app sandbox failed while starting the app")
     else:
         yield _event("exit", code=code)
-
-
-async def _jail_started(status_read: int) -> str:
-    """Wait until the jail exec'd the app (EOF, returns "") or reported a setup error."""
-
-    def read_all() -> bytes:
-        with os.fdopen(status_read, "rb") as status:
-            return status.read(_SETUP_MESSAGE_MAX)
-
-    try:
-        message = await asyncio.wait_for(asyncio.to_thread(read_all), JAIL_START_TIMEOUT_S)
-    except TimeoutError:
-        return f"the app sandbox did not start the app within {JAIL_START_TIMEOUT_S:g} s"
-    return message.decode(errors="replace").strip()
 
 
 def _read_header(spec: RunSpec, envr: RunEnvironment) -> Header:

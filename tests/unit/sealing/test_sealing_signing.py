@@ -40,9 +40,9 @@ from strongroom.sealing import (
     unseal,
     verify_signature,
 )
-from strongroom.sealing.format import MAX_HEADER_SIZE, build_header
+from strongroom.sealing.format import MAX_HEADER_SIZE, SIGNATURE_CONTEXT, build_header
 from strongroom.sealing.manifest import MAX_MANIFEST_BYTES
-from strongroom.sealing.signing import SIGNATURE_CONTEXT, public_key_bytes
+from strongroom.sealing.signing import public_key_bytes
 
 from .helpers import CHUNK, CONTEXT, leftovers, payload_of, snapshot
 
