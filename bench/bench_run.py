@@ -324,7 +324,8 @@ def bench_run(scratch: Scratch, runs: int) -> None:
     print(f"\n## 1. run overhead: hello world, warm enclave, {runs} interleaved runs each\n")
     print(
         f"{'variant':<48}{'p50 ms':>9}{'p95 ms':>9}{'+p50 ms':>9}{'+p95 ms':>9}"
-        f"{'x p50':>8}  targets +p50: (a) <= {CLI_TARGET_MS:.0f} ms, (b) <= {LIBRARY_TARGET_MS:.0f} ms"
+        f"{'x p50':>8}  targets +p50: (a) <= {CLI_TARGET_MS:.0f} ms, "
+        f"(b) <= {LIBRARY_TARGET_MS:.0f} ms"
     )
     rows = [
         ("baseline: python -S -s hello.py", "base", None),
