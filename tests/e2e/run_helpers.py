@@ -128,7 +128,8 @@ for pid in os.listdir("/proc"):
         argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
     except OSError:
         continue
-    if any(a.startswith(b"/enclave/apps/") for a in argv):
+    # an app: its entry is /enclave/app/... in its jail; its launcher names /enclave/apps/...
+    if any(a.startswith((b"/enclave/apps/", b"/enclave/app/")) for a in argv):
         procs.append(b" ".join(argv).decode(errors="replace"))
 found = [
     os.path.join(d, f)

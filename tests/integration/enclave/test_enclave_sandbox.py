@@ -97,11 +97,12 @@ def test_no_view_of_the_host_file_system(debug: DebugEnclave) -> None:
     config = debug.ws.root / "config.toml"
     assert config.exists()
     result = debug.probe(
-        "import os, sys\n"
+        "import json, os, sys\n"
         f"for path in [{str(config)!r}, '/etc/passwd', '/home', '/var']:\n"
         "    print(path, os.path.exists(path))\n"
         "print(sorted(os.listdir('/')))\n"
-        "print(sorted(os.listdir('/run/strongroom')), sorted(os.listdir('/image')))\n"
+        "print(json.dumps(sorted(os.listdir('/run/strongroom'))))\n"
+        "print(json.dumps(sorted(os.listdir('/image'))))\n"
     )
     lines = result["stdout"].splitlines()
     assert all(line.endswith(" False") for line in lines[:4]), lines
@@ -124,10 +125,12 @@ def test_no_view_of_the_host_file_system(debug: DebugEnclave) -> None:
         "root",
         "opt",
     }
-    # the extra read-only /proc the enclave's init mounts so app jails can have theirs
-    assert (
-        lines[5] == "['attestor.sock', 'egress.sock', 'proc'] ['app-packages', 'runtime', 'vendor']"
-    )
+    # the two sockets, the host's init program, the extra read-only /proc the enclave's
+    # init mounts so that app jails can have theirs, and (cgroup v1) the runs' cgroup
+    run_dir, image = json.loads(lines[5]), json.loads(lines[6])
+    assert {"attestor.sock", "egress.sock", "init.py", "proc"} <= set(run_dir)
+    assert set(run_dir) <= {"attestor.sock", "egress.sock", "init.py", "proc", "runs-cgroup"}
+    assert image == ["app-packages", "runtime", "vendor"]
 
 
 def test_the_image_and_the_system_are_read_only(debug: DebugEnclave) -> None:

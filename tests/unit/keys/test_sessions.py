@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -159,7 +159,7 @@ def test_aws_target_assumes_the_configured_role(
         return "issued"
 
     monkeypatch.setattr(sessions, "issue", fake_issue)
-    assert sessions.run_credentials(ws, KEY) == "issued"  # type: ignore[comparison-overlap]
+    assert sessions._issue_for(ws, KEY) == "issued"  # type: ignore[comparison-overlap]
     assert seen == {"region": "eu-central-1", "resource": KEY, "role": ROLE}
 
 
@@ -178,7 +178,48 @@ def test_aws_target_without_a_role_needs_iam_user_credentials(
         sessions.run_credentials(ws, KEY)
     monkeypatch.setattr(aws, "default_credentials", lambda: SimpleNamespace(token=None))
     monkeypatch.setattr(sessions, "issue", lambda sts, *, resource, role_arn: role_arn or "fed")
-    assert sessions.run_credentials(ws, KEY) == "fed"  # type: ignore[comparison-overlap]
+    assert sessions._issue_for(ws, KEY) == "fed"  # type: ignore[comparison-overlap]
+
+
+def _creds(expires_in: timedelta, resource: str = KEY) -> sessions.RunCredentials:
+    return sessions.RunCredentials(
+        access_key_id="ASIATESTTESTTESTTEST",
+        secret_access_key="s" * 40,
+        session_token="t" * 64,
+        expiration=datetime.now(UTC) + expires_in,
+        principal_arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/strongroom-host/strongroom-run-1",
+        session_name="strongroom-run-1",
+        resource=resource,
+    )
+
+
+def test_a_session_serves_its_key_s_runs_while_it_has_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = _aws_workspace(tmp_path, ROLE)
+    issued: list[sessions.RunCredentials] = []
+
+    def fresh(_ws: Any, resource: str) -> sessions.RunCredentials:
+        issued.append(_creds(timedelta(minutes=15), resource))
+        return issued[-1]
+
+    monkeypatch.setattr(sessions, "_issue_for", fresh)
+    first = sessions.run_credentials(ws, KEY)
+    assert sessions.run_credentials(ws, KEY) == first and len(issued) == 1  # reused
+    other = KEY.replace("key/", "key/0")
+    assert sessions.run_credentials(ws, other).resource == other and len(issued) == 2
+    cached = sorted((ws.run_dir / sessions.SESSION_CACHE).iterdir())
+    assert len(cached) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in cached)
+    assert (ws.run_dir / sessions.SESSION_CACHE).stat().st_mode & 0o777 == 0o700
+    # less than the margin left: a new session, never one about to expire
+    monkeypatch.setattr(sessions, "REUSE_MARGIN", timedelta(minutes=16))
+    assert sessions.run_credentials(ws, KEY) != first and len(issued) == 3
+    # a damaged cache file is a miss, not an error
+    for path in cached:
+        path.write_text("{not json")
+    monkeypatch.setattr(sessions, "REUSE_MARGIN", timedelta(minutes=10))
+    sessions.run_credentials(ws, KEY)
+    assert len(issued) == 4
 
 
 def test_config_refuses_a_bad_run_role(tmp_path: Path) -> None:
