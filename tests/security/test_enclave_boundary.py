@@ -19,12 +19,14 @@ the shared filesystem, a fork bomb.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -633,3 +635,92 @@ def test_the_enclave_server_cannot_make_the_host_s_files_writable(hostile: Hosti
     result = api.post("/v1/debug/exec", json={"argv": ["python3", "-c", probe]}).json()
     assert result["exit_code"] == 0, result
     assert not any(w in result["stdout"] for w in ("REMOUNTED", "UNMOUNTED", "MOUNTED")), result
+
+
+# --- 6. egress: only what the manifest declares and the host allows -------------------------
+
+FETCH = """\
+import http.client, json, os, socket, sys
+port, other = int(sys.argv[1]), int(sys.argv[2])
+out = {"proxy": os.environ.get("HTTPS_PROXY")}
+def fetch(destination):
+    conn = http.client.HTTPConnection("127.0.0.1", 3128, timeout=10)
+    conn.set_tunnel("127.0.0.1", destination)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().read().decode()
+    except OSError as e:
+        return f"refused: {e}"
+out["declared"] = fetch(port)
+out["undeclared"] = fetch(other)
+try:  # around the proxy: the jail's loopback is all there is
+    socket.create_connection(("127.0.0.1", port), timeout=3)
+    out["direct"] = "OPEN"
+except OSError as e:
+    out["direct"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"reached the host's service"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _sealed_app(h: Hostile, name: str, files: dict[str, str]) -> Path:
+    return _seal(h.stack, h.work, name, files, "alias/other")
+
+
+def test_an_app_reaches_only_the_egress_its_manifest_declares_and_the_host_allows(
+    hostile: Hostile,
+) -> None:
+    h = hostile
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        manifest = f'entries = ["fetch.py"]\negress = ["127.0.0.1:{port}"]\n'
+        package = _sealed_app(h, "fetcher", {"fetch.py": FETCH, "strongroom.toml": manifest})
+        # the host has not allowed it: the run stops before the key is released
+        refused = h.run(package, "fetch.py", str(port), "1", expect=5)
+        assert f"needs egress to 127.0.0.1:{port}" in error_line(refused.stderr)
+        assert f"--allow 127.0.0.1:{port}" in refused.stderr
+        h.cli("proxy", "stop")
+        h.cli("proxy", "start", "--allow", "kms", "--allow", f"127.0.0.1:{port}")
+        fetched = json.loads(h.run(package, "fetch.py", str(port), str(port + 1)).stdout)
+        assert fetched["proxy"] == "http://127.0.0.1:3128"
+        assert fetched["declared"] == "reached the host's service"
+        assert "403" in fetched["undeclared"]  # not in the manifest, whatever the host allows
+        assert fetched["direct"] == "ConnectionRefusedError"
+        # an app without declared egress still has no network of any kind
+        probe = h.run_json(h.hostile, "probe.py")
+        assert probe["sockets"]["inet"] == "EAFNOSUPPORT"
+    finally:
+        server.shutdown()
+        h.cli("proxy", "stop", expect=None)
+        h.cli("proxy", "start")
+
+
+def test_the_key_service_channel_is_never_an_app_s(hostile: Hostile) -> None:
+    h = hostile
+    kms = h.ws.config.kms_listen
+    manifest = f'entries = ["fetch.py"]\negress = ["{kms}"]\n'
+    package = _sealed_app(h, "kms-fetcher", {"fetch.py": FETCH, "strongroom.toml": manifest})
+    refused = h.run(package, "fetch.py", "1", "1", expect=5)
+    assert "the key service's address" in error_line(refused.stderr)
+
+
+def test_a_run_needs_the_memory_its_manifest_asks_for(hostile: Hostile) -> None:
+    h = hostile
+    manifest = 'entries = ["main.py"]\n[resources]\nmemory_mib = 4096\n'
+    package = _sealed_app(h, "big", {"main.py": "print('ran')\n", "strongroom.toml": manifest})
+    refused = h.run(package, "main.py", expect=2)
+    assert "needs 4096 MiB" in error_line(refused.stderr) and "ran" not in refused.stdout
+    assert "--memory 4096" in refused.stderr

@@ -347,6 +347,8 @@ def sandbox_command(
         ATTESTOR_SOCKET,
         "--egress",
         f"unix:{EGRESS_SOCKET}",
+        "--memory-mib",
+        str(memory_mib),
     ]
     for forward in forwards:
         argv += ["--forward", forward]

@@ -79,6 +79,7 @@ async def serve(
     forwards: Sequence[str],
     *,
     pins: VendorPins,
+    memory_mib: int,
     shared_dir: str = SHARED_DIR,
     apps_dir: str = APPS_DIR,
 ) -> None:
@@ -105,6 +106,7 @@ async def serve(
         key_service_endpoint=f"http://127.0.0.1:{KMS_LOCAL_PORT}" if kms_forwarded else None,
         key_service_destination=kms_destinations[0] if kms_destinations else None,
         pins=pins,
+        memory_mib=memory_mib,
     )
     app = create_app(config)
     config.launchers.prime()
@@ -120,6 +122,17 @@ async def serve(
             server.close()
 
 
+def _memory_mib() -> int:
+    """The enclave's memory: all of the machine's in a Nitro enclave (it is the enclave)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == "MemTotal":
+            return int(value.split()[0]) // 1024
+    raise UsageError(
+        "cannot tell the enclave's memory from /proc/meminfo", hint="pass --memory-mib"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="strongroom.server", description=__doc__)
     parser.add_argument("--listen", required=True, help="fd:N, unix:/path or vsock:CID:PORT")
@@ -133,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared", default=SHARED_DIR, help="the shared folder")
     parser.add_argument("--apps", default=APPS_DIR, help="the private folder for decrypted apps")
     parser.add_argument("--pins", default=PINS_PATH, help="the vendor's pins in the image")
+    parser.add_argument(
+        "--memory-mib", type=int, default=None, help="the enclave's memory (default: all of it)"
+    )
     args = parser.parse_args(argv)
     try:
         make_undumpable()
@@ -146,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 egress,
                 args.forward,
                 pins=pins,
+                memory_mib=args.memory_mib or _memory_mib(),
                 shared_dir=args.shared,
                 apps_dir=args.apps,
             )

@@ -129,6 +129,8 @@ class ServerConfig:
     key_service_destination: tuple[str, int] | None = None
     #: The keys and signers the image pins (no pins: no run gets a key).
     pins: VendorPins = NO_PINS
+    #: The enclave's memory, MiB.
+    memory_mib: int = 1024
     #: The enclave's identity key, made at start; its public half is in every
     #: document the attestation endpoint signs.
     identity_key: ec.EllipticCurvePrivateKey = field(
@@ -310,6 +312,9 @@ def create_app(config: ServerConfig) -> Starlette:
             pins=config.pins,
             identities=config.identities,
             launchers=config.launchers,
+            memory_mib=config.memory_mib,
+            egress=config.egress,
+            key_service_destination=config.key_service_destination,
             measurement=config.identity.pcrs.get(0, b"").hex(),
             egress_problem=key_service_egress_problem,
         )

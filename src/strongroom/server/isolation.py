@@ -57,6 +57,8 @@ SHARED_PARTS, APPS_PARTS = 2, 1
 #: System trees the sandbox and the jail expose, or their symlinks into /usr.
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache",)
+#: What TLS clients of an app with egress look for (the system's CA certificates).
+NETWORK_FILES = ("/etc/ssl",)
 _FULL_UID_MAP = ("0", "0", "4294967295")
 
 #: The app's interpreter runs this with ``-I -S``: the app's folder and the image's
@@ -231,7 +233,8 @@ class JailSpec:
     env: Mapping[str, str]
     identity: RunIdentity
     processes: int
-    network: bool = False
+    #: > 0: the app declared egress; its proxy listens on this port of the jail's loopback
+    proxy_port: int = 0
 
     def arguments(self) -> list[str]:
         """The jail's options and the app's command line, as a launcher reads them."""
@@ -239,8 +242,8 @@ class JailSpec:
         argv = ["--uid", str(self.identity.uid), "--gid", str(self.identity.gid)]
         argv += ["--processes", str(self.processes)]
         argv += ["--cwd", APP_ROOT]
-        if self.network:
-            argv.append("--network")
+        if self.proxy_port:
+            argv += ["--proxy-port", str(self.proxy_port)]
         for tree in ["/usr", *map(str, trees), *self.packages]:
             argv += ["--ro", tree]
         for name in SYSTEM_DIRS:
@@ -249,7 +252,8 @@ class JailSpec:
                 argv += ["--link", name, os.readlink(path)]
             elif path.is_dir():
                 argv += ["--ro", name]
-        argv += [arg for file in SYSTEM_FILES if Path(file).exists() for arg in ("--ro", file)]
+        files = [*SYSTEM_FILES, *(NETWORK_FILES if self.proxy_port else ())]
+        argv += [arg for file in files if Path(file).exists() for arg in ("--ro", file)]
         argv += ["--rw", str(self.folder.app), APP_ROOT]
         argv += ["--rw", str(self.folder.tmp), "/tmp"]  # noqa: S108 - the run's own
         argv += ["--rw", str(self.folder.shm), "/dev/shm"]  # noqa: S108 - the run's own

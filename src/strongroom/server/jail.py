@@ -41,7 +41,8 @@ influenced). Two processes do the work:
    ``perf_event_open``, new namespaces (``unshare``, ``setns``, ``clone``
    with ``CLONE_NEW*``), mounts, kernel keyrings, BPF, io_uring and module
    loading, and every socket family but ``AF_UNIX`` (``AF_INET``/``AF_INET6``
-   only in the run's own, empty network namespace when the spec allows);
+   too, when the manifest declared egress: they reach only the jail's own
+   loopback, where the server's egress proxy for the run listens);
 5. ``exec``\s the app's interpreter with ``-I`` (no environment variable,
    user site or current directory can change what Python runs).
 
@@ -388,7 +389,9 @@ class Spec:
         self.root = "/tmp"  # noqa: S108 - a mount point in the jail's own mount namespace
         self.uid = self.gid = 0
         self.processes = 256
-        self.network = False
+        #: > 0: the manifest declared egress; the jail listens there on its own loopback
+        #: and hands the socket to the server (see strongroom.server.egress)
+        self.proxy_port = 0
         self.cwd = "/"
         self.ro: list[str] = []
         self.rw: list[tuple[str, str]] = []
@@ -397,7 +400,9 @@ class Spec:
         self.argv: list[str] = []
 
 
-_INT_OPTIONS = {"--uid": "uid", "--gid": "gid", "--processes": "processes"}
+_INT_OPTIONS = {
+    "--uid": "uid", "--gid": "gid", "--processes": "processes", "--proxy-port": "proxy_port",
+}  # fmt: skip
 
 
 def parse(args: list[str]) -> Spec:
@@ -410,10 +415,6 @@ def parse(args: list[str]) -> Spec:
         if option == "--":
             spec.argv = args[i + 1 :]
             break
-        if option == "--network":
-            spec.network = True
-            i += 1
-            continue
         if option in _INT_OPTIONS:
             setattr(spec, _INT_OPTIONS[option], int(args[i + 1]))
             i += 2
@@ -518,6 +519,37 @@ def drop_authority(spec: Spec, proc: int) -> None:
     os.umask(0o002)
 
 
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+_IFREQ = struct.Struct("16sH22x")
+
+
+def _open_proxy_listener(port: int, status_fd: int) -> None:
+    """Bring the jail's loopback up, listen on ``port`` there, and send the listening
+    socket to the server over the status socket (the server answers on it, as the
+    app's egress proxy). The app itself never holds it."""
+    import _socket
+    import fcntl
+
+    control = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        flags = _IFREQ.unpack(fcntl.ioctl(control.fileno(), SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0)))
+        fcntl.ioctl(control.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags[1] | IFF_UP))
+    finally:
+        control.close()
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        status = _socket.socket(fileno=status_fd)
+        try:
+            fds = struct.pack("i", listener.fileno())
+            status.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        finally:
+            status.detach()  # the descriptor stays ours (close-on-exec)
+    finally:
+        listener.close()
+
+
 def make_undumpable() -> None:
     """``PR_SET_DUMPABLE`` 0 for the calling process (the server, at start)."""
     _prctl(PR_SET_DUMPABLE, 0, "not dumpable")
@@ -540,6 +572,8 @@ def init(spec: Spec, proc: int, alive_fd: int) -> None:
     """
     try:
         build_root(spec)
+        if spec.proxy_port:
+            _open_proxy_listener(spec.proxy_port, spec.status_fd)
         drop_authority(spec, proc)
         os.chdir(spec.cwd)
         # armed last: every credential change above clears the parent-death signal
@@ -551,7 +585,7 @@ def init(spec: Spec, proc: int, alive_fd: int) -> None:
             pass
         os.close(alive_fd)
         os.set_inheritable(spec.status_fd, False)  # closed by exec: EOF = the app started
-        _install_seccomp(seccomp_filter(os.uname().machine, network=spec.network))
+        _install_seccomp(seccomp_filter(os.uname().machine, network=spec.proxy_port > 0))
     except (SetupError, OSError, ValueError) as e:
         _fail(spec.status_fd, f"the app sandbox could not be set up: {e}")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,15 @@ def launcher_command(
 
 
 @dataclass
+class Started:
+    """How a jail started: ``error`` is empty when the app runs; ``listener`` is the
+    socket the jail listens on for the app's egress (if its manifest declared any)."""
+
+    error: str = ""
+    listener: socket.socket | None = None
+
+
+@dataclass
 class Launcher:
     """A started launcher, waiting for its run: its process (whose output pipes are the
     run's), the read ends of its status and result pipes, the write end of its spec pipe."""
@@ -65,20 +75,25 @@ class Launcher:
     #: The run's own cgroup, which the launcher joined while it waited (None: none).
     cgroup: Path | None = None
 
-    async def start(self, spec: JailSpec) -> str:
-        """Hand the launcher its jail and wait until the app runs: "" then, else the
-        jail's one-line setup error."""
+    async def start(self, spec: JailSpec) -> Started:
+        """Hand the launcher its jail and wait until the app runs (or the jail says why
+        it could not: one line)."""
         data = "\0".join(spec.arguments()).encode()
         fd, self.spec_write = self.spec_write, -1
         await asyncio.to_thread(_write_and_close, fd, data)
         fd, self.status_read = self.status_read, -1
-        try:  # the status pipe is close-on-exec in the jail: EOF once the app was exec'd
-            message = await asyncio.wait_for(
-                asyncio.to_thread(_read_and_close, fd), JAIL_START_TIMEOUT_S
+        try:  # the status socket is close-on-exec in the jail: EOF once the app was exec'd
+            message, fds = await asyncio.wait_for(
+                asyncio.to_thread(_receive_status, fd), JAIL_START_TIMEOUT_S
             )
         except TimeoutError:
-            return f"the app sandbox did not start the app within {JAIL_START_TIMEOUT_S:g} s"
-        return message.decode(errors="replace").strip()
+            return Started(
+                f"the app sandbox did not start the app within {JAIL_START_TIMEOUT_S:g} s"
+            )
+        listener = socket.socket(fileno=fds.pop(0)) if fds else None
+        for extra in fds:  # the jail sends at most one socket
+            os.close(extra)
+        return Started(message.decode(errors="replace").strip("\0").strip(), listener)
 
     async def exit_code(self) -> int | None:
         """The app's exit code (negative: killed by that signal), as soon as the launcher
@@ -135,7 +150,9 @@ class Launchers:
 
 
 async def _start_launcher(cgroup: Path | None) -> Launcher:
-    (status_read, status_write), (result_read, result_write) = os.pipe(), os.pipe()
+    # the status channel is a socket: the jail sends the egress listener over it
+    status_read, status_write = (s.detach() for s in socket.socketpair())
+    result_read, result_write = os.pipe()
     spec_read, spec_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
@@ -163,6 +180,18 @@ def _read_and_close(fd: int) -> bytes:
         return status.read(SETUP_MESSAGE_MAX)
 
 
+def _receive_status(fd: int) -> tuple[bytes, list[int]]:
+    """Everything the jail sends on its status socket until it closes: message, sockets."""
+    message, fds = b"", []
+    with socket.socket(fileno=fd) as status:
+        while True:
+            data, received, _, _ = socket.recv_fds(status, SETUP_MESSAGE_MAX, maxfds=4)
+            fds += received
+            if not data:
+                return message[:SETUP_MESSAGE_MAX], fds
+            message += data
+
+
 def _write_and_close(fd: int, data: bytes) -> None:
     try:
         view = memoryview(data)
@@ -172,4 +201,4 @@ def _write_and_close(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-__all__ = ["Launcher", "Launchers", "launcher_command"]
+__all__ = ["Launcher", "Launchers", "Started", "launcher_command"]

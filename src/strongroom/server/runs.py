@@ -57,6 +57,12 @@ from strongroom.image.pins import VendorPins
 from strongroom.keys.base import KeyService
 from strongroom.sealing import Header, check_host_request, open_package, read_header
 from strongroom.sealing.manifest import DEFAULT_PROCESSES, AppManifest
+from strongroom.server.egress import (
+    APP_PROXY_PORT,
+    check_app_egress,
+    proxy_environment,
+    serve_app_egress,
+)
 from strongroom.server.files import SharedFolder, split_path
 from strongroom.server.isolation import (
     Identities,
@@ -68,6 +74,7 @@ from strongroom.server.isolation import (
 )
 from strongroom.server.jail import SETUP_FAILED
 from strongroom.server.launchers import Launcher, Launchers
+from strongroom.transport.base import Address
 
 OUTPUT_CHUNK = 64 * 1024
 
@@ -97,6 +104,12 @@ class RunEnvironment:
     #: Jail launchers, started ahead of the runs, each in its run's own cgroup (its
     #: process limit) where the runtime allows.
     launchers: Launchers = field(default_factory=Launchers)
+    #: The enclave's memory, MiB (a manifest may say it needs more).
+    memory_mib: int = 1024
+    #: The enclave's egress path (apps whose manifest declares egress use it too, through
+    #: a proxy of their own), and where the key service is on it (never an app's).
+    egress: Address | None = None
+    key_service_destination: tuple[str, int] | None = None
     #: This enclave's image measurement (PCR0, hex), for messages when a release is denied.
     measurement: str = ""
     #: Says which hop of the egress path to the key service fails (None: none does), so
@@ -153,6 +166,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
     folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
     app_dir = folder.app
     process: asyncio.subprocess.Process | None = None
+    app_proxy: asyncio.Server | None = None
     #: True once the launcher reported the app's end: every process of the jail is gone
     #: then, and the launcher is only left to exit (which may take a moment).
     ended = False
@@ -165,12 +179,16 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         manifest = header.manifest
         entry = choose_entry(spec.entry, manifest)
         check_host_request(manifest, entry=entry, env=[name for name, _ in spec.env])
-        if manifest is not None and manifest.egress:
-            needs = ", ".join(f"{host}:{port}" for host, port in manifest.egress)
-            raise UnavailableError(
-                f"the app needs network egress ({needs}), which this enclave does not grant apps",
-                hint="apps run without any network here; ask the vendor for a build without it",
+        egress = manifest.egress if manifest is not None else ()
+        if manifest is not None and manifest.memory_mib and manifest.memory_mib > envr.memory_mib:
+            raise UsageError(
+                f"the app needs {manifest.memory_mib} MiB of enclave memory; this enclave "
+                f"has {envr.memory_mib} MiB",
+                hint=f"start the enclave with `strongroom enclave start IMAGE --memory "
+                f"{manifest.memory_mib}` (or more)",
             )
+        if egress:  # before the key: a run the host has not allowed fails at once
+            await check_app_egress(egress, envr.egress, envr.key_service_destination)
         processes = (manifest.processes if manifest else None) or DEFAULT_PROCESSES
         yield _event("status", message="releasing the data key to this enclave")
         try:
@@ -191,23 +209,28 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             process = launcher.process
             try:
                 RunCgroups.limit(launcher.cgroup, processes)
-                setup_error = await launcher.start(
+                started = await launcher.start(
                     JailSpec(
                         folder=folder,
                         shared_dir=envr.shared.root,
                         packages=envr.python_path,
                         entry=relative_entry,
                         args=tuple(map_argument(a, envr.shared) for a in spec.args),
-                        env=app_environment(dict(spec.env)),
+                        env=app_environment(
+                            {**dict(spec.env), **(proxy_environment() if egress else {})}
+                        ),
                         identity=identity,
                         processes=processes,
+                        proxy_port=APP_PROXY_PORT if egress else 0,
                     )
                 )
-                if setup_error:
+                if started.error:
                     raise StrongroomError(
-                        setup_error,
+                        started.error,
                         hint="the enclave cannot isolate apps: report this with its logs",
                     )
+                if started.listener is not None and envr.egress is not None:
+                    app_proxy = await serve_app_egress(started.listener, envr.egress, egress)
                 yield _event("started", pid=process.pid)
                 async for event in _supervise(launcher, spec.timeout_s):
                     if event["type"] == "exit":
@@ -215,6 +238,8 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
                     yield event
             finally:
                 envr.launchers.give_up(launcher)
+                if app_proxy is not None:
+                    app_proxy.close()
     except StrongroomError as e:
         yield _event(
             "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
