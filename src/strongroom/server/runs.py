@@ -42,7 +42,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.release import decrypt_with_attestation
@@ -166,6 +166,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
     folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
     app_dir = folder.app
     process: asyncio.subprocess.Process | None = None
+    package: BinaryIO | None = None
     app_proxy: asyncio.Server | None = None
     #: True once the launcher reported the app's end: every process of the jail is gone
     #: then, and the launcher is only left to exit (which may take a moment).
@@ -174,7 +175,10 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
     abandoned = threading.Event()
     try:
         split_path(spec.package)
-        header = await asyncio.to_thread(_read_header, spec, envr)
+        # one descriptor for the whole run: the header enforced below is the one the
+        # body authenticates, whatever the host does to the shared folder meanwhile
+        package = await asyncio.to_thread(_open_package, spec, envr)
+        header = await asyncio.to_thread(read_header, package, name=spec.package)
         key_ids = envr.pins.check_package(header, name=spec.package)
         manifest = header.manifest
         entry = choose_entry(spec.entry, manifest)
@@ -200,7 +204,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             raise problem from None
         yield _event("status", message="decrypting the app into enclave memory")
         folder.create()
-        await asyncio.to_thread(_open_into, spec, envr, data_key, folder, abandoned)
+        await asyncio.to_thread(_open_into, package, header, data_key, folder, abandoned)
         del data_key
         relative_entry = _entry_path(app_dir, entry)
         with envr.identities.claim() as identity:
@@ -245,6 +249,8 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
         )
     finally:
+        if package is not None:
+            package.close()
         running = None if ended or process is None or process.returncode is not None else process
         if running is not None:
             _kill(running)
@@ -306,10 +312,8 @@ async def _supervise(launcher: Launcher, timeout_s: float | None) -> AsyncIterat
         yield _event("exit", code=code)
 
 
-def _read_header(spec: RunSpec, envr: RunEnvironment) -> Header:
-    fd = envr.shared.open_read(spec.package)
-    with os.fdopen(fd, "rb") as stream:
-        return read_header(stream, name=spec.package)
+def _open_package(spec: RunSpec, envr: RunEnvironment) -> BinaryIO:
+    return os.fdopen(envr.shared.open_read(spec.package), "rb")
 
 
 def _release_key(
@@ -338,16 +342,15 @@ def _release_key(
 
 
 def _open_into(
-    spec: RunSpec,
-    envr: RunEnvironment,
+    package: BinaryIO,
+    header: Header,
     data_key: bytes,
     folder: RunFolder,
     abandoned: threading.Event,
 ) -> None:
-    fd = envr.shared.open_read(spec.package)
+    """Decrypt the rest of ``package`` (just past ``header``) into the run's folder."""
     try:
-        with os.fdopen(fd, "rb") as stream:
-            open_package(stream, data_key, folder.app)
+        open_package(package, data_key, folder.app, header=header)
     finally:
         # The run ended while we were extracting (the client went away and the run was
         # cancelled): its wipe raced with our writes, so wipe again now that they are done.
