@@ -191,6 +191,21 @@ def _run(demo: Demo) -> None:
     demo.section("4. What the host cannot do")
     demo.step("Unseal the vendor's app outside an enclave, as the host")
     demo.cli("unseal", "classifier.sealed", "-o", "stolen", "--as", "host", expect=5)
+    demo.step("See what the host may ask of the app (its sealed manifest), never its files")
+    demo.cli("inspect", "classifier.sealed")
+    demo.step("Inject code into the vendor's run through its environment")
+    demo.cli(
+        "run", "classifier.sealed", "--env", "LD_PRELOAD=/dataset/evil.so", "--", "--help",
+        expect=2,
+    )  # fmt: skip
+    demo.step("Run an app of the host's own in the vendor's image")
+    host_app = demo.workdir / "host-app"
+    host_app.mkdir(exist_ok=True)
+    (host_app / "main.py").write_text("print('host code')\n")
+    demo.cli("keys", "create", "--alias", "host-app", "--as", "host", show=False)
+    demo.cli("image", "approve", "classifier.eif", "--key", "alias/host-app", "--as", "host")
+    demo.cli("seal", "host-app", "--key", "alias/host-app", "--as", "host", "-o", "host.sealed")
+    demo.cli("run", "host.sealed", "--entry", "main.py", expect=5)
 
     demo.section("5. Revoke")
     demo.step("The vendor revokes the image's measurement")
