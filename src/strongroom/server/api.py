@@ -31,6 +31,7 @@ HTTP status chosen by the error's family; the client maps them back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -223,14 +224,13 @@ class FilesApi:
         path = _path(request)
         offset = _query_int(request, "offset", 0) or 0
         length = _query_int(request, "length")
-        fd, size = await run_in_threadpool(_open_sized, self.shared, path)
+        fd, size, small = await run_in_threadpool(_open_sized, self.shared, path, offset, length)
         sending = max(0, size - offset) if length is None else max(0, min(length, size - offset))
-        if sending <= SMALL_FILE:
+        if small is not None:
             # small files: one response carries the bytes and their hash, so a pull
-            # costs one request per file instead of two
-            data = await run_in_threadpool(_read_all, fd, offset, sending)
-            headers = {"x-file-size": str(size), "x-sha256": hashlib.sha256(data).hexdigest()}
-            return Response(data, media_type="application/octet-stream", headers=headers)
+            # costs one request (and one thread hop) per file
+            headers = {"x-file-size": str(size), "x-sha256": hashlib.sha256(small).hexdigest()}
+            return Response(small, media_type="application/octet-stream", headers=headers)
         # exactly the announced length, even if the app grows the file meanwhile
         body = chunks(fd, offset, sending)
         headers = {"x-file-size": str(size), "content-length": str(sending)}
@@ -251,8 +251,19 @@ class FilesApi:
         # so an interrupted upload never leaves a truncated file under its final name
         target = path
         if whole:
-            await run_in_threadpool(self.shared.check_replaceable, path)
             target = "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) <= SMALL_FILE:
+                # a small whole file: read it here, then one thread hop checks, writes
+                # it under its temporary name and renames it (no writer thread)
+                data = await request.body()
+                if len(data) > SMALL_FILE:
+                    raise InvalidInputError("the body is longer than its Content-Length")
+                digest = await run_in_threadpool(_write_small, self.shared, path, target, data)
+                return JSONResponse(
+                    {"path": "/" + "/".join(parts), "size": len(data), "sha256": digest}
+                )
+            await run_in_threadpool(self.shared.check_replaceable, path)
         fd = await run_in_threadpool(
             self.shared.open_write,
             target,
@@ -412,18 +423,44 @@ class _FileWriter:
             await self.put_end()
 
 
-def _open_sized(shared: SharedFolder, path: str) -> tuple[int, int]:
-    """A descriptor of a regular file and its size, from the same open (no stat race)."""
+def _open_sized(
+    shared: SharedFolder, path: str, offset: int, length: int | None
+) -> tuple[int, int, bytes | None]:
+    """A descriptor of a regular file and its size, from the same open (no stat race),
+    and, when what is asked for is at most :data:`SMALL_FILE`, those bytes already read
+    (the descriptor is then closed)."""
     fd = shared.open_read(path)
     try:
-        return fd, os.fstat(fd).st_size
+        size = os.fstat(fd).st_size
+        sending = max(0, size - offset) if length is None else max(0, min(length, size - offset))
+        if sending > SMALL_FILE:
+            return fd, size, None
+        data = b"".join(chunks(fd, offset, sending))  # closes fd
+        return -1, size, data
     except BaseException:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
         raise
 
 
-def _read_all(fd: int, offset: int, length: int) -> bytes:
-    return b"".join(chunks(fd, offset, length))
+def _write_small(shared: SharedFolder, path: str, temporary: str, data: bytes) -> str:
+    """Write a whole small file: under ``temporary`` first, renamed to ``path`` once
+    complete (nothing truncated is ever seen under its name). Returns its SHA-256."""
+    shared.check_replaceable(path)
+    fd = shared.open_write(temporary, create=True, truncate=True, exclusive=True)
+    try:
+        try:
+            _pwrite_all(fd, data, 0)
+        except OSError as e:  # ENOSPC above all: the shared folder is bounded
+            raise InvalidInputError(f"write failed: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        shared.rename(temporary, path)
+    except BaseException:
+        with contextlib.suppress(StrongroomError):
+            shared.remove(temporary)
+        raise
+    return hashlib.sha256(data).hexdigest()
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
