@@ -27,6 +27,7 @@ Rules that mirror AWS KMS:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -136,7 +137,6 @@ class LocalKeyService:
         self._verify_recipient = verify_recipient
         self._now = now
         self.audit = AuditInfo()
-        self._policies: dict[str, PolicyDocument] = {}
 
     # --- resolution and authorisation ----------------------------------------
 
@@ -183,11 +183,7 @@ class LocalKeyService:
         return self._get(key_id)
 
     def _policy(self, record: KeyRecord) -> PolicyDocument:
-        cached = self._policies.get(record.policy)
-        if cached is None:
-            cached = PolicyDocument.parse(record.policy)
-            self._policies[record.policy] = cached
-        return cached
+        return _parsed_policy(record.policy)
 
     def _context_values(
         self, context: EncryptionContext | None, attestation: RecipientAttestation | None
@@ -614,6 +610,13 @@ class LocalKeyService:
             raise KeyStateError(f"{record.arn} is not pending deletion")
         # As on KMS, a key whose deletion is cancelled comes back disabled.
         self.store.update(record.key_id, lambda r: replace(r, state="Disabled", deletion_date=None))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_policy(text: str) -> PolicyDocument:
+    """Key policies, parsed once per text (documents are immutable): parsing is most of
+    a request's policy cost, and a key's policy rarely changes."""
+    return PolicyDocument.parse(text)
 
 
 class PolicyLockoutError(InvalidInputError):
