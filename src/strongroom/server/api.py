@@ -32,6 +32,7 @@ HTTP status chosen by the error's family; the client maps them back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -69,6 +70,8 @@ WRITE_QUEUE = 8
 #: Files up to this size are read whole and answered with their SHA-256.
 SMALL_FILE = 1024 * 1024
 MAX_ARGS = 256
+#: Key-service clients kept for sessions that may serve another run.
+KEY_SERVICE_CLIENTS = 8
 MAX_ARG_BYTES = 8192
 
 
@@ -480,6 +483,32 @@ async def _iterate_in_thread(chunks: Generator[bytes, None, None]) -> AsyncItera
         chunks.close()
 
 
+@functools.lru_cache(maxsize=KEY_SERVICE_CLIENTS)
+def _key_service(
+    region: str,
+    endpoint: str | None,
+    access_key_id: str,
+    secret_access_key: str,
+    session_token: str | None,
+) -> KeyService:
+    """A key-service client per run session: the host reuses a session for the runs of
+    its key for a few minutes, and so does this its client (and its connection through
+    the egress path, which costs a tunnel per new connection). The credentials were in
+    this process's memory for the run anyway; they expire within 15 minutes."""
+    # imported on first use: boto3 costs ~15 MiB, which the enclave's memory
+    # limit should leave to the apps while no run needs it
+    from strongroom.keys.aws import KmsKeyService
+
+    return KmsKeyService.connect(
+        region=region,
+        endpoint_url=endpoint,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        credentials_label="the run's credentials",
+    )
+
+
 class RunApi:
     """``POST /v1/runs``: key release, decryption, execution, live output."""
 
@@ -500,17 +529,12 @@ class RunApi:
         endpoint = self.key_service_endpoint or ref.endpoint_url
 
         def key_service() -> KeyService:
-            # imported per run: boto3 costs ~15 MiB, which the enclave's memory
-            # limit should leave to the apps while no run needs it
-            from strongroom.keys.aws import KmsKeyService
-
-            return KmsKeyService.connect(
-                region=ref.region,
-                endpoint_url=endpoint,
-                access_key_id=creds.access_key_id,
-                secret_access_key=creds.secret_access_key,
-                session_token=creds.session_token,
-                credentials_label="the run's credentials",
+            return _key_service(
+                ref.region,
+                endpoint,
+                creds.access_key_id,
+                creds.secret_access_key,
+                creds.session_token,
             )
 
         spec = runs.RunSpec(
