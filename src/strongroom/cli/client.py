@@ -43,7 +43,8 @@ def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
     from strongroom.enclave import runtime_for
     from strongroom.transport.base import parse_address
 
-    running = [s for s in runtime_for(ws).status() if s.state == "RUNNING"]
+    # no probe: the request that follows says soon enough whether the server answers
+    running = [s for s in runtime_for(ws).status(probe=False) if s.state == "RUNNING"]
     if name is not None:
         running = [s for s in running if s.name == name]
         if not running:

@@ -147,8 +147,9 @@ class EnclaveRuntime(Protocol):
         """Start ``spec`` and return once its server answers on the control channel."""
         ...
 
-    def status(self, name: str | None = None) -> list[EnclaveStatus]:
-        """Every known enclave (running or dead), or just ``name``."""
+    def status(self, name: str | None = None, *, probe: bool = True) -> list[EnclaveStatus]:
+        """Every known enclave (running or dead), or just ``name``; with ``probe``, each
+        running one is asked whether its server answers (``responding``)."""
         ...
 
     def stop(self, name: str | None = None) -> list[EnclaveStatus]:

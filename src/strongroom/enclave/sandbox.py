@@ -623,13 +623,15 @@ class SandboxRuntime:
             limits=limits.describe() if limits is not None else None,
         )
 
-    def status(self, name: str | None = None) -> list[EnclaveStatus]:
+    def status(self, name: str | None = None, *, probe: bool = True) -> list[EnclaveStatus]:
         if name is None:
-            return self._probed([self._status_of(rec) for rec in services.list(self.run_dir, KIND)])
-        rec = services.load(self.run_dir, KIND, check_name(name))
-        if rec is None:
-            raise self._not_found(name)
-        return self._probed([self._status_of(rec)])
+            statuses = [self._status_of(rec) for rec in services.list(self.run_dir, KIND)]
+        else:
+            rec = services.load(self.run_dir, KIND, check_name(name))
+            if rec is None:
+                raise self._not_found(name)
+            statuses = [self._status_of(rec)]
+        return self._probed(statuses) if probe else statuses
 
     def _probed(self, statuses: list[EnclaveStatus]) -> list[EnclaveStatus]:
         """``statuses``, each RUNNING one with whether its server answers right now.
