@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import string
 import tomllib
 from dataclasses import dataclass
@@ -112,6 +111,8 @@ class Workspace:
                     f"a workspace already exists at {root}",
                     hint="use --force to recreate it (its keys will be lost)",
                 )
+            import shutil
+
             shutil.rmtree(root)
         elif root.exists() and any(root.iterdir()):
             raise UsageError(

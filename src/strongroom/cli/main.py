@@ -6,7 +6,6 @@ import importlib
 import sys
 
 import click
-from rich.markup import escape
 
 from strongroom import __version__
 from strongroom.cli._common import AppContext, err
@@ -96,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
+        from rich.markup import escape  # on the error path only: ~10 ms of every start
+
         err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
         if e.hint:
             err.print(f"  hint: {e.hint}", markup=False)
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
+        from rich.markup import escape
+
         err.print(
             f"[bold red]error:[/] internal error: {escape(type(e).__name__)}: {escape(str(e))}"
         )
