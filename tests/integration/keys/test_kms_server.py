@@ -297,6 +297,56 @@ def test_aws_cli_against_the_server(workspace: Workspace, key_service: str, tmp_
     assert plain["Plaintext"] == dk["Plaintext"]  # both base64
 
 
+def test_aws_cli_with_session_credentials(workspace: Workspace, key_service: str) -> None:
+    """The aws CLI, unchanged, gets session credentials from `keys serve` and uses them."""
+    env_json = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "strongroom",
+            "--home",
+            str(workspace.root),
+            "--json",
+            "env",
+            "--as",
+            "host",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    env = {**os.environ, **json.loads(env_json)["env"]}
+    env.pop("AWS_PROFILE", None)
+    env.pop("AWS_SESSION_TOKEN", None)
+    aws_cli = str(Path(sys.executable).parent / "aws")
+
+    def aws(*args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [aws_cli, *args, "--output", "json"], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    host = workspace.identity("host")
+    creds = aws(
+        "sts", "assume-role", "--role-arn", host.principal_arn, "--role-session-name", "cli-session"
+    )["Credentials"]
+    env |= {
+        "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": creds["SessionToken"],
+    }
+    assert aws("sts", "get-caller-identity")["Arn"].endswith("/cli-session")
+    key_id = aws("kms", "create-key")["KeyMetadata"]["KeyId"]
+    assert aws("kms", "describe-key", "--key-id", key_id)["KeyMetadata"]["KeyId"] == key_id
+    # the token is part of the signature: without it the same keys are refused
+    env.pop("AWS_SESSION_TOKEN")
+    refused = subprocess.run([aws_cli, "kms", "list-keys"], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    events = [e for e in read_events(workspace.audit_log) if e.get("session") == "cli-session"]
+    assert [e["operation"] for e in events][-2:] == ["CreateKey", "DescribeKey"]
+
+
 def test_restart_keeps_keys_aliases_and_policies(
     workspace: Workspace, key_service: str, kms_client: Callable[[str], Any]
 ) -> None:
