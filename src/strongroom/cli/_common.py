@@ -33,8 +33,9 @@ pass_app = click.make_pass_decorator(AppContext)
 
 #: Human output goes to stdout; diagnostics, progress and step banners to stderr,
 #: so that ``--json`` output and exported shell lines stay clean for pipes.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: No emoji codes: ``:name:`` in a file or key name stays as typed.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def json_default(value: Any) -> Any:

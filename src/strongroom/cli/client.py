@@ -353,10 +353,10 @@ def _stream_run(app: AppContext, events: Any) -> int:
                 stderr.write(base64.b64decode(event["data"]))
                 stderr.flush()
             elif kind == "status" and not app.json:
-                err.print(f"[dim]· {event['message']}[/]")
+                err.print(f"· {event['message']}", style="dim", markup=False)
             elif kind == "exit":
                 if event.get("reason"):
-                    err.print(f"[yellow]app {event['reason']}[/]")
+                    err.print(f"app {event['reason']}", style="yellow", markup=False)
                 return int(event["code"])
             elif kind == "error":
                 raise _run_error(event)
