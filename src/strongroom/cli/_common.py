@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from strongroom.workspace import Workspace
 
@@ -31,11 +30,37 @@ class AppContext:
 
 pass_app = click.make_pass_decorator(AppContext)
 
+
+class _LazyConsole:
+    """A rich ``Console``, made on first use.
+
+    Importing rich costs ~20 ms; a command that prints nothing through it (the
+    happy path of ``run``, whose only own lines go through ``click``) does not pay.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            # No emoji codes: ``:name:`` in a file or key name stays as typed.
+            self._console = Console(
+                stderr=self._stderr, highlight=False, soft_wrap=True, emoji=False
+            )
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
 #: Human output goes to stdout; diagnostics, progress and step banners to stderr,
 #: so that ``--json`` output and exported shell lines stay clean for pipes.
-#: No emoji codes: ``:name:`` in a file or key name stays as typed.
-out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
 
 
 def json_default(value: Any) -> Any:
@@ -98,7 +123,7 @@ def byte_progress(
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.console,
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=total)

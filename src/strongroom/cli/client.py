@@ -353,10 +353,10 @@ def _stream_run(app: AppContext, events: Any) -> int:
                 stderr.write(base64.b64decode(event["data"]))
                 stderr.flush()
             elif kind == "status" and not app.json:
-                err.print(f"· {event['message']}", style="dim", markup=False)
+                click.secho(f"· {event['message']}", dim=True, err=True)
             elif kind == "exit":
                 if event.get("reason"):
-                    err.print(f"app {event['reason']}", style="yellow", markup=False)
+                    click.secho(f"app {event['reason']}", fg="yellow", err=True)
                 return int(event["code"])
             elif kind == "error":
                 raise _run_error(event)
