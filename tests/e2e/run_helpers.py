@@ -256,6 +256,20 @@ class Stack:
     def json(self, *args: str) -> Any:
         return json.loads(self.cli("--json", *args).stdout)
 
+    def start_enclaves(self, image: Path, enclaves: dict[str, list[str]]) -> None:
+        """`enclave start IMAGE --name NAME *extra` for each enclave, all at once."""
+        starts = [
+            subprocess.Popen(
+                self.argv("enclave", "start", str(image), "--name", name, *extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for name, extra in enclaves.items()
+        ]
+        outputs = [proc.communicate(timeout=120)[0] for proc in starts]
+        assert [proc.returncode for proc in starts] == [0] * len(starts), outputs
+
     @contextmanager
     def live(self, *args: str) -> Iterator[LiveRun]:
         run = LiveRun(self.argv(*args))
@@ -335,17 +349,28 @@ def make_tar(*entries: Entry) -> bytes:
 def seal_tar(home: Path, key: str, payload: bytes, out: Path) -> Path:
     """Seal ``payload`` (any tar) as a v1 package under a data key from the real key service."""
     from strongroom.keys import service as keyservice
-    from strongroom.sealing import DEFAULT_CHUNK_SIZE
-    from strongroom.sealing.format import NONCE_PREFIX_SIZE, SALT_SIZE, build_header
-    from strongroom.sealing.stream import ChunkWriter, derive_payload_key
     from strongroom.workspace import Workspace
 
     kms = keyservice.connect(Workspace.locate(home))  # as the vendor
     data_key = kms.generate_data_key(key)
     assert data_key.plaintext is not None
+    return write_package(
+        out, data_key.key_id, data_key.ciphertext_blob, data_key.plaintext, payload
+    )
+
+
+def write_package(out: Path, key_id: str, blob: bytes, plaintext: bytes, payload: bytes) -> Path:
+    """Write a v1 package whose header names ``key_id`` and ``blob``, whatever key sealed it.
+
+    A forger's tool: the header may claim a key the data key never came from.
+    """
+    from strongroom.sealing import DEFAULT_CHUNK_SIZE
+    from strongroom.sealing.format import NONCE_PREFIX_SIZE, SALT_SIZE, build_header
+    from strongroom.sealing.stream import ChunkWriter, derive_payload_key
+
     header = build_header(
-        key_id=data_key.key_id,
-        encrypted_data_key=data_key.ciphertext_blob,
+        key_id=key_id,
+        encrypted_data_key=blob,
         encryption_context={},
         chunk_size=DEFAULT_CHUNK_SIZE,
         salt=os.urandom(SALT_SIZE),
@@ -354,13 +379,8 @@ def seal_tar(home: Path, key: str, payload: bytes, out: Path) -> Path:
     )
     with out.open("wb") as sink:
         sink.write(header.raw)
-        writer = ChunkWriter(
-            sink,
-            derive_payload_key(data_key.plaintext, header.salt),
-            header.nonce_prefix,
-            header.aad,
-            DEFAULT_CHUNK_SIZE,
-        )
+        key = derive_payload_key(plaintext, header.salt)
+        writer = ChunkWriter(sink, key, header.nonce_prefix, header.aad, DEFAULT_CHUNK_SIZE)
         writer.write(payload)
         writer.finish()
     return out

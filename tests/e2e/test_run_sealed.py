@@ -77,17 +77,7 @@ def env() -> Iterator[Env]:
         stack.cli("seal", str(app), "--key", "alias/apps", "-o", str(sealed))
         stack.cli("seal", str(app), "--key", "alias/debug-apps", "-o", str(sealed_debug))
         # both enclaves boot at once (each takes a few seconds)
-        starts = [
-            subprocess.Popen(
-                stack.argv("enclave", "start", str(image), "--name", name, *extra),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for name, extra in ((PROD, []), (DEBUG, ["--debug"]))
-        ]
-        outputs = [proc.communicate(timeout=120)[0] for proc in starts]
-        assert [proc.returncode for proc in starts] == [0, 0], outputs
+        stack.start_enclaves(image, {PROD: [], DEBUG: ["--debug"]})
         stack.cli("proxy", "start")
         work = root / "work"
         work.mkdir()

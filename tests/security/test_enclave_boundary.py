@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from strongroom.keys.audit import read_events
 from strongroom.sealing import read_header
 from strongroom.workspace import Workspace
-from tests.e2e.run_helpers import ZERO_PCR0, Stack, error_line
+from tests.e2e.run_helpers import ZERO_PCR0, Stack, error_line, make_tar, write_package
 
 PROD, DEBUG = "e", "d"
 
@@ -289,17 +289,8 @@ def hostile() -> Iterator[Hostile]:
         victim = _seal(stack, root, "victim", {**VICTIM, "secret.txt": secret}, "alias/vendor")
         hostile_app = _seal(stack, root, "hostile", HOSTILE, "alias/other")
         hostile_debug = _seal(stack, root, "hostile", HOSTILE, "alias/debug")
-        starts = [
-            subprocess.Popen(
-                stack.argv("enclave", "start", str(image), "--name", name, "--memory", "512", *x),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for name, x in ((PROD, []), (DEBUG, ["--debug"]))
-        ]
-        outputs = [proc.communicate(timeout=120)[0] for proc in starts]
-        assert [proc.returncode for proc in starts] == [0, 0], outputs
+        memory = ["--memory", "512"]
+        stack.start_enclaves(image, {PROD: memory, DEBUG: [*memory, "--debug"]})
         stack.cli("proxy", "start")
         work = root / "work"
         work.mkdir()
@@ -397,8 +388,6 @@ def test_a_host_sealed_package_never_runs_in_the_vendor_image(hostile: Hostile) 
 def test_a_header_that_lies_about_its_key_gets_no_key(hostile: Hostile) -> None:
     """The host copies the vendor's key id into a header whose data key is its own:
     the server names the pinned key in Decrypt, and the key service refuses the blob."""
-    from tests.e2e.run_helpers import make_tar
-
     h = hostile
     with h.victim.open("rb") as stream:
         vendor_key = read_header(stream).key_id
@@ -407,7 +396,7 @@ def test_a_header_that_lies_about_its_key_gets_no_key(hostile: Hostile) -> None:
         h.cli("keys", "create", "--alias", "host-lies", "--as", "host")
     h.cli("image", "approve", str(h.image), "--key", "alias/host-lies", "--as", "host")
     data_key = kms.generate_data_key(KeyId="alias/host-lies", KeySpec="AES_256")
-    package = _forged_package(
+    package = write_package(
         h.work / "lying.sealed",
         vendor_key,
         data_key["CiphertextBlob"],
@@ -417,29 +406,6 @@ def test_a_header_that_lies_about_its_key_gets_no_key(hostile: Hostile) -> None:
     refused = h.run(package, "evil.py", expect=None)
     assert refused.returncode != 0 and "forged" not in refused.stdout
     assert "another key" in error_line(refused.stderr) or "IncorrectKey" in refused.stderr
-
-
-def _forged_package(out: Path, key_id: str, blob: bytes, plaintext: bytes, tar: bytes) -> Path:
-    from strongroom.sealing import DEFAULT_CHUNK_SIZE
-    from strongroom.sealing.format import NONCE_PREFIX_SIZE, SALT_SIZE, build_header
-    from strongroom.sealing.stream import ChunkWriter, derive_payload_key
-
-    header = build_header(
-        key_id=key_id,
-        encrypted_data_key=blob,
-        encryption_context={},
-        chunk_size=DEFAULT_CHUNK_SIZE,
-        salt=os.urandom(SALT_SIZE),
-        nonce_prefix=os.urandom(NONCE_PREFIX_SIZE),
-        created=int(time.time()),
-    )
-    with out.open("wb") as sink:
-        sink.write(header.raw)
-        key = derive_payload_key(plaintext, header.salt)
-        writer = ChunkWriter(sink, key, header.nonce_prefix, header.aad, DEFAULT_CHUNK_SIZE)
-        writer.write(tar)
-        writer.finish()
-    return out
 
 
 # --- 3 and 6. an app has no authority -----------------------------------------------------

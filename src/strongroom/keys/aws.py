@@ -137,17 +137,10 @@ class KmsKeyService:
                 ) from e
             error_class = _CLIENT_ERRORS.get(code, ServiceError)
             raise error_class(f"{message} ({code})") from e
-        except botocore.exceptions.EndpointConnectionError as e:
-            raise ServiceNotRunningError(
-                f"cannot reach the key service at {e.kwargs.get('endpoint_url')}",
-                hint=self._not_running_hint,
-            ) from e
-        except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as e:
-            raise InvalidInputError(
-                str(e), hint="configure AWS credentials and region (e.g. AWS_PROFILE, AWS_REGION)"
-            ) from e
         except botocore.exceptions.BotoCoreError as e:
-            raise UnavailableError(f"key service request failed: {e}") from e
+            raise botocore_failure(
+                e, "the key service", not_running_hint=self._not_running_hint
+            ) from e
 
     @staticmethod
     def _metadata(raw: dict[str, Any]) -> KeyMetadata:
@@ -305,6 +298,23 @@ class KmsKeyService:
 
 _session_lock = threading.Lock()
 _shared_session: boto3.session.Session | None = None
+
+
+def botocore_failure(
+    error: botocore.exceptions.BotoCoreError, service: str, *, not_running_hint: str | None
+) -> StrongroomError:
+    """Our error for a botocore failure that is not an answer from ``service``."""
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return ServiceNotRunningError(
+            f"cannot reach {service} at {error.kwargs.get('endpoint_url')}", hint=not_running_hint
+        )
+    if isinstance(
+        error, botocore.exceptions.NoCredentialsError | botocore.exceptions.NoRegionError
+    ):
+        return InvalidInputError(
+            str(error), hint="configure AWS credentials and region (e.g. AWS_PROFILE, AWS_REGION)"
+        )
+    return UnavailableError(f"{service} request failed: {error}")
 
 
 def boto_client(service_name: Literal["kms", "sts"], **kwargs: Any) -> Any:

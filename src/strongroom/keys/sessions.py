@@ -43,7 +43,6 @@ from strongroom.errors import (
     InvalidInputError,
     ServiceError,
     ServiceNotRunningError,
-    UnavailableError,
     UsageError,
 )
 from strongroom.workspace import Workspace
@@ -164,17 +163,11 @@ def issue(
         )
     except botocore.exceptions.ClientError as e:
         raise _sts_error(e, "AssumeRole" if role_arn else "GetFederationToken") from e
-    except botocore.exceptions.EndpointConnectionError as e:
-        raise UnavailableError(
-            f"cannot reach STS at {e.kwargs.get('endpoint_url')}",
-            hint="on the local target, start the key service: `strongroom keys serve --detach`",
-        ) from e
-    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.NoRegionError) as e:
-        raise UsageError(
-            str(e), hint="configure AWS credentials and region (e.g. AWS_PROFILE, AWS_REGION)"
-        ) from e
     except botocore.exceptions.BotoCoreError as e:
-        raise UnavailableError(f"STS request failed: {e}") from e
+        from strongroom.keys.aws import botocore_failure
+
+        hint = "on the local target, start the key service: `strongroom keys serve --detach`"
+        raise botocore_failure(e, "STS", not_running_hint=hint) from e
     except (KeyError, TypeError) as e:
         raise ServiceError(f"STS answered without session credentials ({e})") from e
 

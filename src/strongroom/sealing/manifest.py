@@ -452,8 +452,6 @@ def _check_entries(entries: tuple[str, ...]) -> None:
     _check_tuple("entries", entries, 1, MAX_ENTRIES, _ENTRY_HINT)
     for index, entry in enumerate(entries):
         where = f"entries[{index}]"
-        if not isinstance(entry, str):
-            raise InvalidInputError(f"{where} must be a string", hint=_ENTRY_HINT)
         problem = _entry_problem(entry)
         if problem:
             raise InvalidInputError(f"{where} {entry!r} {problem}", hint=_ENTRY_HINT)
@@ -500,8 +498,6 @@ def _check_env(env: tuple[str, ...]) -> None:
     _check_tuple("env", env, 0, MAX_ENV, _ENV_HINT)
     for index, name in enumerate(env):
         where = f"env[{index}]"
-        if not isinstance(name, str):
-            raise InvalidInputError(f"{where} must be a string", hint=_ENV_HINT)
         if len(name) > MAX_ENV_NAME_LENGTH:
             raise InvalidInputError(
                 f"{where} is longer than {MAX_ENV_NAME_LENGTH} characters", hint=_ENV_HINT

@@ -261,56 +261,14 @@ def test_bad_requests_get_kms_errors_and_server_keeps_serving(
     assert kms_client("vendor").list_keys()["Truncated"] is False
 
 
-def test_aws_cli_against_the_server(workspace: Workspace, key_service: str, tmp_path: Path) -> None:
+AWS_CLI = str(Path(sys.executable).parent / "aws")  # the one the test extras install
+
+
+def _aws_env(workspace: Workspace, identity: str) -> dict[str, str]:
+    """The environment `strongroom env --as IDENTITY` exports, over this process's."""
+    home = str(workspace.root)
     env_json = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "strongroom",
-            "--home",
-            str(workspace.root),
-            "--json",
-            "env",
-            "--as",
-            "vendor",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    env = {**os.environ, **json.loads(env_json)["env"]}
-    env.pop("AWS_PROFILE", None)
-
-    def aws(*args: str) -> dict[str, Any]:
-        aws_cli = str(Path(sys.executable).parent / "aws")  # the one the test extras install
-        result = subprocess.run(
-            [aws_cli, "kms", *args, "--output", "json"], env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        return dict(json.loads(result.stdout))
-
-    key_id = aws("create-key")["KeyMetadata"]["KeyId"]
-    dk = aws("generate-data-key", "--key-id", key_id, "--key-spec", "AES_256")
-    blob_file = tmp_path / "data-key.bin"
-    blob_file.write_bytes(base64.b64decode(dk["CiphertextBlob"]))
-    plain = aws("decrypt", "--ciphertext-blob", f"fileb://{blob_file}")
-    assert plain["Plaintext"] == dk["Plaintext"]  # both base64
-
-
-def test_aws_cli_with_session_credentials(workspace: Workspace, key_service: str) -> None:
-    """The aws CLI, unchanged, gets session credentials from `keys serve` and uses them."""
-    env_json = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "strongroom",
-            "--home",
-            str(workspace.root),
-            "--json",
-            "env",
-            "--as",
-            "host",
-        ],
+        [sys.executable, "-m", "strongroom", "--home", home, "--json", "env", "--as", identity],
         check=True,
         capture_output=True,
         text=True,
@@ -318,30 +276,44 @@ def test_aws_cli_with_session_credentials(workspace: Workspace, key_service: str
     env = {**os.environ, **json.loads(env_json)["env"]}
     env.pop("AWS_PROFILE", None)
     env.pop("AWS_SESSION_TOKEN", None)
-    aws_cli = str(Path(sys.executable).parent / "aws")
+    return env
 
-    def aws(*args: str) -> dict[str, Any]:
-        result = subprocess.run(
-            [aws_cli, *args, "--output", "json"], env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-        return dict(json.loads(result.stdout))
 
+def _aws(env: dict[str, str], *args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [AWS_CLI, *args, "--output", "json"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_aws_cli_against_the_server(workspace: Workspace, key_service: str, tmp_path: Path) -> None:
+    env = _aws_env(workspace, "vendor")
+    key_id = _aws(env, "kms", "create-key")["KeyMetadata"]["KeyId"]
+    dk = _aws(env, "kms", "generate-data-key", "--key-id", key_id, "--key-spec", "AES_256")
+    blob_file = tmp_path / "data-key.bin"
+    blob_file.write_bytes(base64.b64decode(dk["CiphertextBlob"]))
+    plain = _aws(env, "kms", "decrypt", "--ciphertext-blob", f"fileb://{blob_file}")
+    assert plain["Plaintext"] == dk["Plaintext"]  # both base64
+
+
+def test_aws_cli_with_session_credentials(workspace: Workspace, key_service: str) -> None:
+    """The aws CLI, unchanged, gets session credentials from `keys serve` and uses them."""
+    env = _aws_env(workspace, "host")
     host = workspace.identity("host")
-    creds = aws(
-        "sts", "assume-role", "--role-arn", host.principal_arn, "--role-session-name", "cli-session"
-    )["Credentials"]
+    assume = ["--role-arn", host.principal_arn, "--role-session-name", "cli-session"]
+    creds = _aws(env, "sts", "assume-role", *assume)["Credentials"]
     env |= {
         "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
         "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
         "AWS_SESSION_TOKEN": creds["SessionToken"],
     }
-    assert aws("sts", "get-caller-identity")["Arn"].endswith("/cli-session")
-    key_id = aws("kms", "create-key")["KeyMetadata"]["KeyId"]
-    assert aws("kms", "describe-key", "--key-id", key_id)["KeyMetadata"]["KeyId"] == key_id
+    assert _aws(env, "sts", "get-caller-identity")["Arn"].endswith("/cli-session")
+    key_id = _aws(env, "kms", "create-key")["KeyMetadata"]["KeyId"]
+    assert _aws(env, "kms", "describe-key", "--key-id", key_id)["KeyMetadata"]["KeyId"] == key_id
     # the token is part of the signature: without it the same keys are refused
     env.pop("AWS_SESSION_TOKEN")
-    refused = subprocess.run([aws_cli, "kms", "list-keys"], env=env, capture_output=True, text=True)
+    refused = subprocess.run([AWS_CLI, "kms", "list-keys"], env=env, capture_output=True, text=True)
     assert refused.returncode != 0
     events = [e for e in read_events(workspace.audit_log) if e.get("session") == "cli-session"]
     assert [e["operation"] for e in events][-2:] == ["CreateKey", "DescribeKey"]
