@@ -59,6 +59,10 @@ class InvalidInputError(StrongroomError):
     exit_code = 3
 
 
+class PathEscapeError(InvalidInputError):
+    """A path tried to leave the shared folder (``..``, a symlink, NUL)."""
+
+
 class ConfigError(InvalidInputError):
     """The workspace configuration is missing or malformed."""
 

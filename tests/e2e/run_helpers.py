@@ -284,7 +284,7 @@ class Stack:
         """An HTTP client of the enclave API, at the control address `enclave status` gives."""
         if enclave not in self._apis:
             from strongroom.transport.base import parse_address
-            from strongroom.transport.http import http_transport
+            from tests.socket_httpx import http_transport
 
             (status,) = self.json("enclave", "status", enclave)
             address = parse_address(status["addresses"]["control"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +29,23 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    app = ctx.find_object(AppContext)
+    if value and app is not None:
+        app.json = True
+
+
+def json_option() -> click.Option:
+    """``--json`` after a command's name: the global flag, where users also type it."""
+    return click.Option(
+        ["--json"],
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        help="Print machine-readable JSON (same as the global --json).",
+    )
 
 
 class _LazyConsole:
@@ -78,14 +95,52 @@ def emit_json(value: Any) -> None:
 
 
 def emit_table(
-    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+    optional: Collection[str] = (),
 ) -> None:
+    """Print rows under column headings, never cutting a value.
+
+    On a pipe: plain tab-separated lines (headings first; no box drawing, no
+    wrapping), so ``cut -f``, ``awk -F'\t'`` and copy-paste get whole key IDs,
+    ARNs and PCRs. On a terminal: a table whose cells wrap (a long ID folds
+    onto the next line, never ends in ``…``); when even that is too wide, the
+    ``optional`` columns are dropped, right to left, until it fits.
+    """
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not out.is_terminal:
+        if title:
+            sys.stdout.write(f"# {title}\n")
+        for line in [list(columns), *cells]:
+            sys.stdout.write("\t".join(_plain_cell(c) for c in line) + "\n")
+        return
     from rich.table import Table  # on use: every command pays for what it imports here
 
-    table = Table(*columns, title=title, title_justify="left")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    shown = list(range(len(columns)))
+    droppable = [i for i in shown if columns[i] in optional]
+    while droppable and _table_width(columns, cells, shown) > out.width:
+        shown.remove(droppable.pop())
+    table = Table(title=title, title_justify="left")
+    for i in shown:
+        table.add_column(columns[i], overflow="fold")
+    for row in cells:
+        table.add_row(*(row[i] for i in shown))
     out.print(table)
+
+
+def _plain_cell(value: str) -> str:
+    """One cell of a tab-separated line: tabs and newlines inside it escaped."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _table_width(columns: Sequence[str], cells: list[list[str]], shown: list[int]) -> int:
+    """The width a table needs to print every shown cell on one line (3 per column of padding)."""
+    return 1 + sum(
+        3 + max(len(columns[i]), *(len(row[i]) for row in cells)) if cells else 3 + len(columns[i])
+        for i in shown
+    )
 
 
 def emit(app: AppContext, value: Any, render: Callable[[], None]) -> None:

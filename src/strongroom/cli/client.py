@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import secrets
 import sys
 import time
@@ -15,14 +16,16 @@ from typing import Any, TypeVar
 
 import click
 
-from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, err, out, pass_app
+from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, out, pass_app
 from strongroom.client.enclave import EnclaveClient
 from strongroom.errors import (
     AccessDeniedError,
+    EvidenceError,
     InvalidInputError,
     NotFoundError,
     ServiceNotRunningError,
     StrongroomError,
+    UnavailableError,
     UsageError,
 )
 from strongroom.workspace import Workspace
@@ -341,32 +344,87 @@ def run_command(
 
 
 def _stream_run(app: AppContext, events: Any) -> int:
-    """Copy a run's output to ours as it arrives; return the app's exit code."""
-    stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
+    """Copy a run's output to ours as it arrives; return the app's exit code.
+
+    With ``--json`` every event is one NDJSON line on stdout instead (see
+    docs/CLI.md). A reader that closes our stdout (``| head -1``) stops the
+    copying, not the run: the app's exit code still comes back.
+    """
+    sink = _JsonEvents() if app.json else _Terminal()
     try:
         for event in events:
             kind = event["type"]
-            if kind == "stdout":
-                stdout.write(base64.b64decode(event["data"]))
-                stdout.flush()
-            elif kind == "stderr":
-                stderr.write(base64.b64decode(event["data"]))
-                stderr.flush()
-            elif kind == "status" and not app.json:
-                click.secho(f"· {event['message']}", dim=True, err=True)
-            elif kind == "exit":
-                if event.get("reason"):
-                    click.secho(f"app {event['reason']}", fg="yellow", err=True)
+            sink.event(event)
+            if kind == "exit":
                 return int(event["code"])
-            elif kind == "error":
+            if kind == "error":
                 raise _run_error(event)
     except KeyboardInterrupt:
         events.close()  # closes the stream: the enclave kills and wipes the app
-        err.print("run cancelled")
+        click.echo("run cancelled", err=True)
         return 130
     raise InvalidInputError(
         "the enclave ended the run without an exit status", hint="see `strongroom enclave status`"
     )
+
+
+class _Terminal:
+    """The app's stdout and stderr as its own, our status lines dimmed on stderr."""
+
+    def __init__(self) -> None:
+        self.stdout: Any = sys.stdout.buffer
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "stdout":
+            self._write_stdout(base64.b64decode(event["data"]))
+        elif kind == "stderr":
+            sys.stderr.buffer.write(base64.b64decode(event["data"]))
+            sys.stderr.buffer.flush()
+        elif kind == "status":
+            click.secho(f"· {event['message']}", dim=True, err=True)
+        elif kind == "exit" and event.get("reason"):
+            click.secho(f"app {event['reason']}", fg="yellow", err=True)
+
+    def _write_stdout(self, data: bytes) -> None:
+        if self.stdout is None:
+            return
+        try:
+            self.stdout.write(data)
+            self.stdout.flush()
+        except BrokenPipeError:
+            self.stdout = None  # the reader is gone: drop the rest, keep the run
+
+
+class _JsonEvents:
+    """Each event as one JSON line on stdout: output as base64 ``data`` (+ ``text`` if UTF-8)."""
+
+    def __init__(self) -> None:
+        self.open = True
+
+    def event(self, event: dict[str, Any]) -> None:
+        line = dict(event)
+        if event["type"] in ("stdout", "stderr"):
+            with contextlib.suppress(UnicodeDecodeError):
+                line["text"] = base64.b64decode(event["data"]).decode()
+        if not self.open:
+            return
+        try:
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.open = False
+
+
+#: Classes for errors the enclave names but the host does not know, by exit code.
+_ERRORS_BY_CODE: dict[int, type[StrongroomError]] = {
+    2: UsageError,
+    3: InvalidInputError,
+    4: EvidenceError,
+    5: AccessDeniedError,
+    6: UnavailableError,
+    7: NotFoundError,
+}
 
 
 def _run_error(event: dict[str, Any]) -> StrongroomError:
@@ -374,7 +432,7 @@ def _run_error(event: dict[str, Any]) -> StrongroomError:
 
     cls = getattr(errors, str(event.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, StrongroomError)):
-        cls = AccessDeniedError if event.get("exit_code") == 5 else StrongroomError
+        cls = _ERRORS_BY_CODE.get(event.get("exit_code"), StrongroomError)  # type: ignore[arg-type]
     error: StrongroomError = cls(str(event.get("message")), hint=event.get("hint") or None)
     return error
 

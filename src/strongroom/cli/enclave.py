@@ -19,21 +19,6 @@ from strongroom.transport.forward import KMS_LOCAL_PORT
 from strongroom.workspace import Workspace
 
 
-def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    app = ctx.find_object(AppContext)
-    if value and app is not None:
-        app.json = True
-
-
-json_option = click.option(
-    "--json",
-    is_flag=True,
-    expose_value=False,
-    callback=_set_json,
-    help="Print machine-readable JSON (same as the global --json).",
-)
-
-
 def _when(status: EnclaveStatus) -> str:
     return "" if status.started_at is None else status.started_at.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -107,7 +92,6 @@ def enclave_group() -> None:
     is_flag=True,
     help="Debug mode: capture the console (`enclave logs`); attests all-zero PCR0-2.",
 )
-@json_option
 @pass_app
 def start_command(
     app: AppContext,
@@ -166,7 +150,6 @@ def start_command(
 
 @enclave_group.command("status")
 @click.argument("name", required=False)
-@json_option
 @pass_app
 def status_command(app: AppContext, name: str | None) -> None:
     """Show the enclaves of this workspace, running or dead, and why a dead one died.
@@ -216,7 +199,6 @@ def status_command(app: AppContext, name: str | None) -> None:
 @enclave_group.command("stop")
 @click.argument("name", required=False)
 @click.option("--all", "stop_all", is_flag=True, help="Stop every enclave of this workspace.")
-@json_option
 @pass_app
 def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
     """Stop an enclave (or --all): nothing of it keeps running, its record is removed.
@@ -319,7 +301,6 @@ def proxy_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML file: `allowlist: [{address: HOST, port: N}, ...]` (as vsock-proxy's).",
 )
-@json_option
 @pass_app
 def proxy_start_command(app: AppContext, allow: tuple[str, ...], allowlist: Path | None) -> None:
     """Start the egress proxy in the background.
@@ -359,7 +340,6 @@ def proxy_start_command(app: AppContext, allow: tuple[str, ...], allowlist: Path
 
 
 @proxy_group.command("status")
-@json_option
 @pass_app
 def proxy_status_command(app: AppContext) -> None:
     """Say whether the egress proxy runs, and what it allows.

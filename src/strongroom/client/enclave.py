@@ -1,7 +1,8 @@
 """The host's client of the enclave API.
 
 One :class:`EnclaveClient` per enclave, over its control channel (a unix
-socket locally, vsock on Nitro) through the same httpx transport for both.
+socket locally, vsock on Nitro) through the same HTTP client for both
+(:mod:`strongroom.transport.http`).
 Problem bodies from the server become our own errors again; a channel that
 breaks becomes :class:`EnclaveGoneError`, which says how to check on the
 enclave.
@@ -20,15 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from strongroom import errors
 from strongroom.client.transfer import LocalTarget, open_local_file, write_confined
 from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
-from strongroom.transport.http import http_transport
+from strongroom.transport.http import ChannelError, HttpClient, Response
 
 UPLOAD_CHUNK = 1024 * 1024
+DOWNLOAD_CHUNK = 1024 * 1024
 #: A run may be silent for a long time; reads wait this long between events.
 RUN_READ_TIMEOUT_S = 24 * 3600.0
 
@@ -78,12 +78,12 @@ class RemoteEntry:
         return cls(raw["path"], raw["type"], raw["size"], raw["mode"], float(raw["mtime"]))
 
 
-def _error_from(response: httpx.Response) -> StrongroomError:
+def _error_from(response: Response) -> StrongroomError:
     try:
         body = response.json()
         name, message, hint = body["error"], body["message"], body.get("hint")
     except (ValueError, KeyError, TypeError):
-        return errors.ServiceError(f"enclave answered HTTP {response.status_code}")
+        return errors.ServiceError(f"enclave answered HTTP {response.status}")
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, StrongroomError)):
         cls = {
@@ -92,7 +92,7 @@ def _error_from(response: httpx.Response) -> StrongroomError:
             409: errors.AlreadyExistsError,
             422: errors.EvidenceError,
             503: errors.UnavailableError,
-        }.get(response.status_code, errors.InvalidInputError)
+        }.get(response.status, errors.InvalidInputError)
     return cls(message, hint=hint or None)
 
 
@@ -100,11 +100,7 @@ class EnclaveClient:
     def __init__(self, address: Address, *, name: str = "enclave") -> None:
         self.address = address
         self.name = name
-        self._http = httpx.Client(
-            transport=http_transport(address),
-            base_url="http://enclave",
-            timeout=httpx.Timeout(60.0, connect=5.0),
-        )
+        self._http = HttpClient(address, host="enclave")
 
     def close(self) -> None:
         self._http.close()
@@ -119,17 +115,16 @@ class EnclaveClient:
     def _channel(self) -> Iterator[None]:
         try:
             yield
-        except httpx.TransportError as e:
+        except ChannelError as e:
             raise EnclaveGoneError(
                 f"lost the channel to enclave {self.name!r}: {e or type(e).__name__}"
             ) from e
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        with self._channel():
-            response = self._http.request(method, url, **kwargs)
-        if response.status_code >= 400:
-            raise _error_from(response)
-        return response.json()
+        with self._channel(), self._http.request(method, url, **kwargs) as response:
+            if response.status >= 400:
+                raise _error_from(response)
+            return response.json()
 
     # --- describe / attest --------------------------------------------------
 
@@ -170,15 +165,15 @@ class EnclaveClient:
         Enough to read a sealed package's header without fetching the package.
         """
         params: dict[str, str | int] = {"path": path, "offset": 0, "length": length}
-        with self._channel():
-            response = self._http.get("/v1/files/content", params=params)
-        if response.status_code >= 400:
-            raise _error_from(response)
-        if len(response.content) > length:
+        with self._channel(), self._http.request("GET", "/v1/files/content", params=params) as r:
+            if r.status >= 400:
+                raise _error_from(r)
+            content = r.read()
+        if len(content) > length:
             raise errors.InvalidInputError(
-                f"the enclave answered {len(response.content)} bytes of {path} for {length} asked"
+                f"the enclave answered {len(content)} bytes of {path} for {length} asked"
             )
-        return response.content
+        return content
 
     def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
         """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it.
@@ -205,8 +200,8 @@ class EnclaveClient:
             "PUT",
             "/v1/files/content",
             params={"path": remote, "truncate": "true"},
-            content=body(),
-            # a known length lets h11 send the body as is, not re-framed in chunks
+            body=body(),
+            # a known length sends the body as is, not re-framed in chunks
             headers={"content-length": str(size)},
         )
         if result["sha256"] != digest.hexdigest():
@@ -232,19 +227,20 @@ class EnclaveClient:
         remote_digest: concurrent.futures.Future[str] | None = None
         with (
             self._channel(),
-            self._http.stream("GET", "/v1/files/content", params={"path": remote}) as response,
+            self._http.request("GET", "/v1/files/content", params={"path": remote}) as response,
         ):
-            if response.status_code >= 400:
-                response.read()
+            if response.status >= 400:
                 raise _error_from(response)
-            expected = response.headers.get("x-sha256")
+            expected = response.header("x-sha256")
             if expected is None:
                 remote_digest = _background.submit(self.checksum, remote)
+            buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
             with write_confined(target) as f:
-                for chunk in response.iter_bytes():
+                while n := response.readinto(buffer):
+                    chunk = buffer[:n]
                     f.write(chunk)
                     digest.update(chunk)
-                    progress(len(chunk))
+                    progress(n)
                 f.flush()
                 if expected is None:
                     assert remote_digest is not None
@@ -257,14 +253,14 @@ class EnclaveClient:
 
     def run(self, request: dict[str, Any]) -> Iterable[dict[str, Any]]:
         """Start a run; yield its events as they arrive. Closing the iterator cancels it."""
-        timeout = httpx.Timeout(60.0, connect=5.0, read=RUN_READ_TIMEOUT_S)
         with (
             self._channel(),
-            self._http.stream("POST", "/v1/runs", json=request, timeout=timeout) as response,
+            self._http.request(
+                "POST", "/v1/runs", json=request, timeout=RUN_READ_TIMEOUT_S
+            ) as response,
         ):
-            if response.status_code >= 400:
-                response.read()
+            if response.status >= 400:
                 raise _error_from(response)
             for line in response.iter_lines():
-                if line:
+                if line.strip():
                     yield json.loads(line)

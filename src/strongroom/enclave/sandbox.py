@@ -76,8 +76,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from strongroom._internal import services
 from strongroom._internal.files import locked
 from strongroom.enclave._limits import Limits
@@ -114,7 +112,7 @@ from strongroom.server.isolation import (
     interpreter_trees,
 )
 from strongroom.transport.base import UnixAddress
-from strongroom.transport.http import http_transport
+from strongroom.transport.http import ChannelError, HttpClient
 from strongroom.workspace import Workspace
 
 KIND = "enclaves"
@@ -420,14 +418,14 @@ def record_limits(rec: services.ServiceRecord) -> Limits | None:
 def describe(control_socket: Path, *, timeout: float = DESCRIBE_TIMEOUT_S) -> dict[str, Any] | None:
     """The enclave server's /v1/describe, or None if it does not answer (yet)."""
     try:
-        with httpx.Client(
-            transport=http_transport(UnixAddress(str(control_socket))),
-            base_url="http://enclave",
-            timeout=timeout,
-        ) as client:
-            response = client.get("/v1/describe")
-            body = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+        with (
+            HttpClient(
+                UnixAddress(str(control_socket)), timeout=timeout, connect_timeout=timeout
+            ) as client,
+            client.request("GET", "/v1/describe") as response,
+        ):
+            body = response.json() if response.status == 200 else None
+    except (ChannelError, ValueError):
         return None
     return body if isinstance(body, dict) else None
 

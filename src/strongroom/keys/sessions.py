@@ -193,13 +193,12 @@ class QuerySts:
         import xml.etree.ElementTree as ElementTree
 
         import botocore.exceptions
-        import httpx
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
         from strongroom.transport.base import parse_address
-        from strongroom.transport.http import http_transport
+        from strongroom.transport.http import ChannelError, HttpClient
 
         form = {"Action": action, "Version": STS_API_VERSION, **params}
         body = urllib.parse.urlencode({k: str(v) for k, v in form.items()})
@@ -209,22 +208,26 @@ class QuerySts:
         SigV4Auth(Credentials(*self._credentials), "sts", self.region).add_auth(request)
         # the workspace's key service speaks plain HTTP on a local socket: the socket
         # transport saves building a TLS context (~80 ms) for nothing
-        address = parse_address(urllib.parse.urlsplit(self.endpoint).netloc)
+        url = urllib.parse.urlsplit(self.endpoint)
         try:
-            with httpx.Client(transport=http_transport(address)) as client:
-                response = client.post(
-                    self.endpoint, content=body, headers=dict(request.headers.items()),
-                    timeout=_STS_CONFIG["read_timeout"],
-                )  # fmt: skip
-        except httpx.HTTPError as e:
+            with (
+                HttpClient(
+                    parse_address(url.netloc), timeout=_STS_CONFIG["read_timeout"], host=url.netloc
+                ) as client,
+                client.request(
+                    "POST", url.path or "/", body=body.encode(), headers=dict(request.headers)
+                ) as response,
+            ):
+                status, content = response.status, response.read()
+        except ChannelError as e:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=self.endpoint) from e
         try:
             # only the workspace's own key service is called this way (AWS gets boto3)
-            root = ElementTree.fromstring(response.content)  # noqa: S314
+            root = ElementTree.fromstring(content)  # noqa: S314
         except ElementTree.ParseError as e:
             raise ServiceError(f"STS answered {action} with something that is not XML") from e
         found = {element.tag.rpartition("}")[2]: element for element in root.iter()}
-        if response.status_code != 200:
+        if status != 200:
             code, message = (found[n].text or "" if n in found else "" for n in ("Code", "Message"))
             raise botocore.exceptions.ClientError(
                 {"Error": {"Code": code, "Message": message}}, action

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from strongroom.errors import InvalidInputError, StrongroomError, UsageError
+from strongroom.errors import InvalidInputError, NotFoundError, StrongroomError, UsageError
 from strongroom.sealing.format import MAX_MANIFEST_BYTES
 from strongroom.sealing.tree import ExtractLimits, name_problem
 
@@ -292,10 +292,11 @@ class AppManifest:
         return entry in self.entries
 
     def check_entry(self, entry: str) -> None:
-        """Raise :class:`UsageError` unless the host may run ``entry``."""
+        """Raise :class:`NotFoundError` unless ``entry`` is one the host may run."""
         if not self.allows_entry(entry):
-            raise UsageError(
-                f"the app's manifest does not let the host run --entry {entry[:MAX_SHOWN]!r}",
+            raise NotFoundError(
+                f"the app has no entry {entry[:MAX_SHOWN]!r} (its manifest lists what the host "
+                "may run)",
                 hint=f"allowed entries: {', '.join(self.entries)}",
             )
 

@@ -32,7 +32,13 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from strongroom.errors import AlreadyExistsError, InvalidInputError, NotFoundError, UsageError
+from strongroom.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    PathEscapeError,
+    UsageError,
+)
 
 MAX_PATH = 4096
 READ_CHUNK = 1024 * 1024
@@ -41,10 +47,6 @@ READ_CHUNK = 1024 * 1024
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS
 _SPECIAL_HINT = "something inside the enclave made it; the Files API moves regular files only"
-
-
-class PathEscapeError(InvalidInputError):
-    """A path tried to leave the shared folder."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from strongroom.attestation.release import decrypt_with_attestation
 from strongroom.errors import (
     AccessDeniedError,
     CredentialError,
+    NotFoundError,
     StrongroomError,
     UnavailableError,
     UsageError,
@@ -151,7 +152,7 @@ def _entry_path(app_dir: Path, entry: str) -> str:
     path = app_dir.joinpath(*parts)
     resolved = path.resolve()
     if not resolved.is_relative_to(app_dir.resolve()) or not resolved.is_file():
-        raise UsageError(
+        raise NotFoundError(
             f"the app has no file {entry!r}", hint="check --entry against `strongroom inspect`"
         )
     return "/".join(resolved.relative_to(app_dir.resolve()).parts)
@@ -183,6 +184,8 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         manifest = header.manifest
         entry = choose_entry(spec.entry, manifest)
         check_host_request(manifest, entry=entry, env=[name for name, _ in spec.env])
+        # before the key: an argument that leaves the shared folder fails at once
+        args = tuple(map_argument(a, envr.shared) for a in spec.args)
         egress = manifest.egress if manifest is not None else ()
         if manifest is not None and manifest.memory_mib and manifest.memory_mib > envr.memory_mib:
             raise UsageError(
@@ -219,7 +222,7 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
                         shared_dir=envr.shared.root,
                         packages=envr.python_path,
                         entry=relative_entry,
-                        args=tuple(map_argument(a, envr.shared) for a in spec.args),
+                        args=args,
                         env=app_environment(
                             {**dict(spec.env), **(proxy_environment() if egress else {})}
                         ),

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.socket_httpx import http_transport
 
 from strongroom._internal import services
 from strongroom.attestation.authority import LocalAuthority
@@ -25,7 +26,6 @@ from strongroom.enclave.sandbox import KIND, EnclavePaths, SandboxRuntime
 from strongroom.image import BuildResult, build_image
 from strongroom.transport import proxy
 from strongroom.transport.base import UnixAddress
-from strongroom.transport.http import http_transport
 from strongroom.workspace import Workspace
 
 KMS_ANSWER = b"kms stand-in"

@@ -1,13 +1,14 @@
-"""httpx over our socket transport, against a real uvicorn server; vsock binding."""
+"""The HTTP client (and the tests' httpx transport) against a real uvicorn server; vsock binding."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,9 +18,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+from tests.socket_httpx import http_transport
 
 from strongroom.transport.base import VSOCK_CID_ANY, UnixAddress, VsockAddress, bind
-from strongroom.transport.http import http_transport
+from strongroom.transport.http import ChannelError, HttpClient
+
+#: The server closes a connection idle this long; the client must notice.
+KEEP_ALIVE_S = 1
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -27,11 +32,27 @@ async def echo(request: Request) -> JSONResponse:
 
 
 async def stream(request: Request) -> StreamingResponse:
-    async def chunks() -> object:
+    async def chunks() -> AsyncIterator[bytes]:
         for _i in range(100):
             yield b"x" * 10_000
 
-    return StreamingResponse(chunks())  # type: ignore[arg-type]
+    return StreamingResponse(chunks())
+
+
+async def lines(request: Request) -> StreamingResponse:
+    """Two NDJSON lines half a second apart: the first must reach the client before the second."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b'{"n": 1}\n'
+        await asyncio.sleep(0.5)
+        yield b'{"n": 2}\n'
+
+    return StreamingResponse(events())
+
+
+async def upload(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"size": len(body), "chunked": "transfer-encoding" in request.headers})
 
 
 @pytest.fixture
@@ -40,9 +61,17 @@ def server_socket() -> Iterator[Path]:
         path = Path(directory) / "api.sock"
         sock = bind(UnixAddress(str(path)))
         app = Starlette(
-            routes=[Route("/echo", echo, methods=["GET", "POST"]), Route("/stream", stream)]
+            routes=[
+                Route("/echo", echo, methods=["GET", "POST"]),
+                Route("/stream", stream),
+                Route("/lines", lines),
+                Route("/upload", upload, methods=["PUT"]),
+            ]
         )
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S
+        )
+        server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:
@@ -52,7 +81,59 @@ def server_socket() -> Iterator[Path]:
         thread.join(10)
 
 
-def test_requests_and_streams_over_a_unix_socket(server_socket: Path) -> None:
+def test_the_client_requests_and_reuses_connections(server_socket: Path) -> None:
+    with HttpClient(UnixAddress(str(server_socket))) as client:
+        with client.request("POST", "/echo", body=b"hello") as r:
+            assert (r.status, r.json()) == (200, {"method": "POST", "body": "hello"})
+        with client.request("POST", "/echo", json={"a": 1}) as r:
+            assert r.json() == {"method": "POST", "body": '{"a": 1}'}
+        for _ in range(3):
+            with client.request("GET", "/echo", params={"q": "a b"}) as r:
+                assert r.status == 200 and r.read()
+        assert len(client._idle) == 1  # one kept-alive connection served them all
+
+
+def test_the_client_replaces_a_connection_the_server_closed(server_socket: Path) -> None:
+    with HttpClient(UnixAddress(str(server_socket))) as client:
+        with client.request("GET", "/echo") as r:
+            r.read()
+        time.sleep(KEEP_ALIVE_S + 0.6)  # the server has closed the idle connection
+        with client.request("GET", "/echo") as r:
+            assert r.status == 200 and r.json()["method"] == "GET"
+
+
+def test_the_client_streams_both_ways(server_socket: Path) -> None:
+    with HttpClient(UnixAddress(str(server_socket))) as client:
+        with client.request("GET", "/stream") as r:
+            buffer = memoryview(bytearray(65536))
+            total = 0
+            while n := r.readinto(buffer):
+                total += n
+            assert total == 1_000_000
+        chunks = [b"x" * 100_000] * 5
+        with client.request("PUT", "/upload", body=iter(chunks)) as r:
+            assert r.json() == {"size": 500_000, "chunked": True}
+        with client.request(
+            "PUT", "/upload", body=iter(chunks), headers={"content-length": "500000"}
+        ) as r:
+            assert r.json() == {"size": 500_000, "chunked": False}
+        with client.request("GET", "/lines") as r:
+            started = time.monotonic()
+            received = r.iter_lines()
+            assert next(received) == b'{"n": 1}\n'
+            assert time.monotonic() - started < 0.4  # not held back until the stream ended
+            assert list(received) == [b'{"n": 2}\n']
+
+
+def test_an_absent_server_is_a_channel_error(tmp_path: Path) -> None:
+    with (
+        HttpClient(UnixAddress(str(tmp_path / "nobody.sock"))) as client,
+        pytest.raises(ChannelError, match=r"nobody\.sock"),
+    ):
+        client.request("GET", "/")
+
+
+def test_the_tests_httpx_transport_requests_and_streams(server_socket: Path) -> None:
     transport = http_transport(UnixAddress(str(server_socket)))
     with httpx.Client(transport=transport, base_url="http://enclave") as client:
         assert client.post("/echo", content=b"hello").json() == {"method": "POST", "body": "hello"}
@@ -60,15 +141,6 @@ def test_requests_and_streams_over_a_unix_socket(server_socket: Path) -> None:
             assert client.get("/echo").status_code == 200
         with client.stream("GET", "/stream") as response:
             assert sum(len(chunk) for chunk in response.iter_bytes()) == 1_000_000
-
-
-def test_an_absent_server_is_an_httpx_connect_error(tmp_path: Path) -> None:
-    transport = http_transport(UnixAddress(str(tmp_path / "nobody.sock")))
-    with (
-        httpx.Client(transport=transport, base_url="http://enclave") as client,
-        pytest.raises(httpx.ConnectError, match=r"nobody\.sock"),
-    ):
-        client.get("/")
 
 
 def test_vsock_addresses_bind() -> None:

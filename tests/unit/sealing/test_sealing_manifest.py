@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from strongroom.errors import InvalidInputError, UsageError
+from strongroom.errors import InvalidInputError, NotFoundError, UsageError
 from strongroom.sealing import (
     DEFAULT_PROCESSES,
     MANIFEST_NAME,
@@ -641,7 +641,7 @@ def test_allows_entry_exactly_as_declared() -> None:
     for other in ["./main.py", "tools//train.py", "MAIN.py", "other.py", "model.npz", ""]:
         assert not manifest.allows_entry(other), other
     manifest.check_entry("main.py")
-    with pytest.raises(UsageError, match=r"does not let the host run --entry 'x\.py'") as caught:
+    with pytest.raises(NotFoundError, match=r"the app has no entry 'x\.py'") as caught:
         manifest.check_entry("x.py")
     assert caught.value.hint == "allowed entries: main.py, tools/train.py"
 
