@@ -495,3 +495,62 @@ def test_client_killed_while_the_app_is_decrypted_leaves_nothing(env: Env) -> No
         assert after["apps"] == [] and after["procs"] == [], after
         assert "never runs" not in run.out
     env.stack.api(DEBUG).delete("/v1/files", params={"path": "/encrypted/big.sealed"})
+
+
+# --- the CLI contract of run (issue 11) --------------------------------------------------
+
+
+def _decrypts(env: Env) -> int:
+    """How many Decrypt requests the key service has seen (its audit log)."""
+    events = env.stack.json("keys", "audit")
+    return sum(1 for e in events if e.get("operation") == "Decrypt")
+
+
+def test_run_json_streams_ndjson_events_and_passes_the_exit_code(env: Env) -> None:
+    ran = env.cli(*run_args(env, PROD, "fail.py")[:-1], "--json", expect=7)
+    events = [json.loads(line) for line in ran.stdout.splitlines()]  # every line is JSON
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "status" and kinds[-1] == "exit" and events[-1]["code"] == 7
+    def text(kind: str) -> str:  # an app's line may come in several events
+        return "".join(e["text"] for e in events if e["type"] == kind)
+
+    assert text("stdout") == "about to fail\n" and text("stderr") == "app failure: boom\n"
+    assert ran.stderr == ""  # no status lines mixed in: they are events now
+
+
+def test_a_path_argument_leaving_the_shared_folder_exits_3_before_any_key_release(
+    env: Env,
+) -> None:
+    before = _decrypts(env)
+    refused = env.cli(*run_args(env, PROD, "hello.py", "/../../etc/passwd"), expect=3)
+    assert "leaves the shared folder" in error_line(refused.stderr)
+    assert _decrypts(env) == before  # refused before the key service was asked
+
+
+def test_an_entry_the_app_does_not_have_exits_7(env: Env) -> None:
+    refused = env.cli(*run_args(env, PROD, "nope.py"), expect=7)
+    assert "the app has no file 'nope.py'" in error_line(refused.stderr)
+
+
+def test_a_debug_enclave_denied_the_key_says_it_is_debug(env: Env) -> None:
+    # alias/apps approves the real image only: a debug enclave attests zeros
+    denied = env.cli(*run_args(env, DEBUG, "hello.py"), expect=5)
+    line = error_line(denied.stderr)
+    assert "debug-mode enclave" in line and "approve the image" not in denied.stderr
+    assert "without --debug" in denied.stderr
+
+
+def test_attest_on_a_debug_enclave_names_the_real_flag(env: Env) -> None:
+    refused = env.cli("attest", "--enclave", DEBUG, expect=4)
+    assert "without --debug " in refused.stderr and "(`strongroom enclave start`" in refused.stderr
+
+
+def test_a_reader_closing_stdout_early_keeps_the_run_and_its_exit_code(env: Env) -> None:
+    # stream.py prints a line, waits 3 s, prints another: `head -1` is gone by then
+    argv = " ".join(env.stack.argv(*run_args(env, PROD, "stream.py")))
+    piped = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {argv} | head -1"], capture_output=True, text=True
+    )
+    assert piped.stdout == "first line\n"
+    assert piped.returncode == 0, piped.stderr  # the app's own exit code, not a silent 1
+    assert "Traceback" not in piped.stderr and "error" not in piped.stderr

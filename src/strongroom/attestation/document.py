@@ -192,8 +192,15 @@ def load_document(data: bytes | str) -> AttestationDocument:
     try:
         raw = base64.b64decode(b"".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
+        if data.isascii() and (data.strip().isalnum() or b"=" in data or b"/" in data):
+            raise AttestationFormatError(
+                "attestation document: text that is not valid base64"
+            ) from exc
         raise AttestationFormatError(
-            "attestation document: neither binary CBOR nor valid base64"
+            f"attestation document: not a COSE_Sign1 (it starts with byte 0x{data[0]:02x}; "
+            "a document is a CBOR array of 4, or tag 18, or that as base64 text)"
+            if data
+            else "attestation document: the file is empty"
         ) from exc
     if raw[:1] not in (b"\x84", bytes([COSE_SIGN1_TAG_BYTE])):
         raise AttestationFormatError("attestation document: base64 text does not hold a COSE_Sign1")

@@ -54,8 +54,8 @@ class DebugEnclaveError(VerificationError):
     """The document comes from a debug-mode enclave (PCR0..2 are zero)."""
 
     default_hint = (
-        "debug-mode enclaves expose their memory to the parent instance; "
-        "start the enclave without --debug-mode"
+        "debug-mode enclaves expose their memory to the parent instance; start the "
+        "enclave without --debug (`strongroom enclave start`; nitro-cli: --debug-mode)"
     )
 
 

@@ -9,11 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from strongroom.workspace import Workspace
+if TYPE_CHECKING:
+    from strongroom.workspace import Workspace
 
 
 @dataclass
@@ -25,6 +26,8 @@ class AppContext:
     verbose: bool
 
     def workspace(self) -> Workspace:
+        from strongroom.workspace import Workspace  # not for --version and --help
+
         return Workspace.locate(self.home)
 
 

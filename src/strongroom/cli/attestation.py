@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,18 @@ def verify_command(
     if root == "local":
         ca_dir = Workspace.locate(app.home).ca_dir
     anchor = load_anchor(root, ca_dir)
-    verified = verify(
-        _read_document(document),
-        trust_anchor=anchor,
-        at=at,
-        expect_pcrs=expected,
-        expect_nonce=expect_nonce,
-        unsafe_allow_debug=allow_debug,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        verified = verify(
+            _read_document(document),
+            trust_anchor=anchor,
+            at=at,
+            expect_pcrs=expected,
+            expect_nonce=expect_nonce,
+            unsafe_allow_debug=allow_debug,
+        )
+    for warning in caught:  # one line each, not Python's two-line warning format
+        click.secho(f"warning: {warning.message}", fg="yellow", err=True)
     data = {
         "verified": True,
         "trust_anchor": root,

@@ -105,12 +105,6 @@ from strongroom.server import (
     RUNS_CGROUP,
     SHARED_DIR,
 )
-from strongroom.server.isolation import (
-    SYSTEM_DIRS,
-    SYSTEM_FILES,
-    filesystem_sizes,
-    interpreter_trees,
-)
 from strongroom.transport.base import UnixAddress
 from strongroom.transport.http import ChannelError, HttpClient
 from strongroom.workspace import Workspace
@@ -237,6 +231,12 @@ def sandbox_command(
     ``runs_cgroup``, when the limits made one, is the cgroup the server gets
     (read-write: the enclave's one writable host path) to limit each run.
     """
+    from strongroom.server.isolation import (
+        SYSTEM_DIRS,
+        SYSTEM_FILES,
+        filesystem_sizes,
+        interpreter_trees,
+    )
     from strongroom.server.jail import VISIBLE_PROC
 
     executable, trees = interpreter_trees()
@@ -379,6 +379,8 @@ def check_sandbox() -> None:
                 "user namespaces are disabled on this machine: the local enclave needs them",
                 hint="enable them: sysctl -w user.max_user_namespaces=15000",
             )
+    from strongroom.server.isolation import interpreter_trees
+
     executable, _ = interpreter_trees()
     # the sandbox, and the child user namespace its init moves into
     probe = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID)]

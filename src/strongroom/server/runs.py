@@ -335,6 +335,13 @@ def _release_key(
     except CredentialError:
         raise  # the run's credentials, not the image, are what the key service refused
     except AccessDeniedError as e:
+        if envr.measurement and set(envr.measurement) == {"0"}:
+            raise AccessDeniedError(
+                "the key service refused to release the app's key: this is a debug-mode "
+                "enclave, whose measurements are all zero, and no key policy approves that",
+                hint="start the enclave without --debug to run sealed apps (debug enclaves "
+                f"are for looking inside only); key service said: {e.message}",
+            ) from e
         raise AccessDeniedError(
             f"the key service refused to release the app's key to this enclave: "
             f"image measurement {envr.measurement or '(unknown)'} is not approved for "
