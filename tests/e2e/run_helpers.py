@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 STRONGROOM = str(Path(sys.executable).parent / "strongroom")
-EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLES = Path(__file__).parents[2] / "src" / "strongroom" / "examples"
 #: PCR0 of a debug enclave.
 ZERO_PCR0 = "0" * 96
 CLI_TIMEOUT_S = 120.0

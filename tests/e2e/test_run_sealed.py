@@ -511,6 +511,7 @@ def test_run_json_streams_ndjson_events_and_passes_the_exit_code(env: Env) -> No
     events = [json.loads(line) for line in ran.stdout.splitlines()]  # every line is JSON
     kinds = [e["type"] for e in events]
     assert kinds[0] == "status" and kinds[-1] == "exit" and events[-1]["code"] == 7
+
     def text(kind: str) -> str:  # an app's line may come in several events
         return "".join(e["text"] for e in events if e["type"] == kind)
 

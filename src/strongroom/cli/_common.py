@@ -186,3 +186,24 @@ def byte_progress(
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def complete_enclave_name(
+    ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[str]:
+    """Shell completion of enclave names: those of the workspace that ``--home`` names.
+
+    Completion parses without running the group's callback, so the workspace
+    comes from the root context's ``--home`` (or ``$STRONGROOM_HOME``).
+    Anything wrong (no workspace yet) completes nothing rather than failing.
+    """
+    from strongroom.enclave import runtime_for
+    from strongroom.errors import StrongroomError
+    from strongroom.workspace import Workspace
+
+    try:
+        ws = Workspace.locate(ctx.find_root().params.get("home"))
+        names = [s.name for s in runtime_for(ws).status(probe=False)]
+    except (StrongroomError, OSError):
+        return []
+    return [name for name in names if name.startswith(incomplete)]

@@ -46,7 +46,12 @@ def attestation_group() -> None:
 @click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_app
 def inspect_command(app: AppContext, document: Path) -> None:
-    """Decode DOCUMENT (raw CBOR or base64) without verifying it."""
+    """Decode DOCUMENT (raw CBOR or base64) without verifying it.
+
+    \b
+    Example:
+      strongroom attestation inspect document.b64 --json | jq .pcrs
+    """
     from strongroom.attestation.describe import describe
     from strongroom.attestation.document import load_document
 

@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 
 import click
 
-from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, out, pass_app
+from strongroom.cli._common import (
+    AppContext,
+    byte_progress,
+    complete_enclave_name,
+    emit,
+    emit_table,
+    out,
+    pass_app,
+)
 from strongroom.client.enclave import EnclaveClient
 from strongroom.errors import (
     AccessDeniedError,
@@ -37,7 +45,11 @@ TRANSFER_WORKERS = 8
 T = TypeVar("T")
 
 enclave_option = click.option(
-    "--enclave", "enclave_name", metavar="NAME", help="Which enclave, when several run."
+    "--enclave",
+    "enclave_name",
+    metavar="NAME",
+    shell_complete=complete_enclave_name,
+    help="Which enclave, when several run.",
 )
 
 
@@ -200,7 +212,12 @@ def pull_command(
 @enclave_option
 @pass_app
 def ls_command(app: AppContext, remote: str, enclave_name: str | None) -> None:
-    """List a directory of the enclave's shared folder."""
+    """List a directory of the enclave's shared folder.
+
+    \b
+    Example:
+      strongroom ls /output
+    """
     with connect_enclave(app.workspace(), enclave_name) as enclave:
         entry = enclave.stat(remote)
         entries = enclave.list(remote) if entry.type == "dir" else [entry]

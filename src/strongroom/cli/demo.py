@@ -25,8 +25,8 @@ from rich.markup import escape
 from strongroom.cli._common import AppContext, err, out, pass_app
 from strongroom.errors import StrongroomError
 
-#: The example app and dataset, shipped in the source tree next to the package.
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+#: The example app and dataset, shipped as package data.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 #: The host operator's run of the sealed classifier (runbook 4.5).
@@ -97,10 +97,15 @@ def demo_command(app: AppContext, keep: bool) -> None:
     results pulled out; the host cannot unseal the app itself; after the
     vendor revokes the image, the next run is denied. Every step prints the
     command it runs. Your own workspace is untouched; nothing is left running.
+
+    \b
+    Example:
+      strongroom demo --keep    # keep the scratch directory to look around
     """
     if not (EXAMPLES / "classifier" / "main.py").is_file():
         raise DemoError(
-            "the example app is missing", hint="run the demo from a Strongroom source checkout"
+            f"the example app is missing from {EXAMPLES}",
+            hint="reinstall Strongroom: pip install --force-reinstall strongroom",
         )
     workdir = Path(tempfile.mkdtemp(prefix="strongroom-demo-"))
     demo = Demo(workdir)

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from strongroom.cli._common import AppContext, emit, emit_table, err, out, pass_app
+from strongroom.cli._common import (
+    AppContext,
+    complete_enclave_name,
+    emit,
+    emit_table,
+    err,
+    out,
+    pass_app,
+)
 from strongroom.enclave import EnclaveSpec, EnclaveStatus, runtime_for
 from strongroom.enclave.base import DEFAULT_NAME
 from strongroom.errors import NotFoundError, UsageError
@@ -149,7 +157,7 @@ def start_command(
 
 
 @enclave_group.command("status")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_enclave_name)
 @pass_app
 def status_command(app: AppContext, name: str | None) -> None:
     """Show the enclaves of this workspace, running or dead, and why a dead one died.
@@ -197,7 +205,7 @@ def status_command(app: AppContext, name: str | None) -> None:
 
 
 @enclave_group.command("stop")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_enclave_name)
 @click.option("--all", "stop_all", is_flag=True, help="Stop every enclave of this workspace.")
 @pass_app
 def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
@@ -242,7 +250,7 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
 
 
 @enclave_group.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_enclave_name)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the enclave stops.")
 @pass_app
 def logs_command(app: AppContext, name: str, follow: bool) -> None:

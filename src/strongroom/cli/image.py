@@ -162,7 +162,12 @@ def _print_measurements(data: dict[str, object]) -> None:
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_app
 def describe_command(app: AppContext, image: Path) -> None:
-    """Describe an image (local or built by nitro-cli), like `nitro-cli describe-eif`."""
+    """Describe an image (local or built by nitro-cli), like `nitro-cli describe-eif`.
+
+    \b
+    Example:
+      strongroom image describe classifier.eif --json | jq -r .Measurements.PCR0
+    """
     from strongroom.image import describe_image
 
     data = describe_image(image)
@@ -239,7 +244,7 @@ def approve_command(
     emit(
         app,
         {"approved": approved},
-        lambda: out.print(f"approved {measurement[:16]}… for {key} ({len(approved)} approved)"),
+        lambda: out.print(f"approved {measurement} for {key} ({len(approved)} approved)"),
     )
 
 
@@ -257,6 +262,10 @@ def revoke_command(
     """Stop releasing KEY's data keys to enclaves started from IMAGE.
 
     The next run of such an enclave is denied by the key service.
+
+    \b
+    Example:
+      strongroom image revoke classifier.eif --key alias/classifier
     """
     measurement = _pcr0_of(image, pcr0)
     kms = keyservice.connect(app.workspace(), identity=identity)
@@ -265,9 +274,7 @@ def revoke_command(
     emit(
         app,
         {"approved": approved},
-        lambda: out.print(
-            f"revoked {measurement[:16]}… for {key} ({len(approved)} still approved)"
-        ),
+        lambda: out.print(f"revoked {measurement} for {key} ({len(approved)} still approved)"),
     )
 
 
@@ -276,7 +283,12 @@ def revoke_command(
 @identity_option
 @pass_app
 def approved_command(app: AppContext, key: str, identity: str) -> None:
-    """List the image measurements (PCR0) approved for KEY."""
+    """List the image measurements (PCR0) approved for KEY.
+
+    \b
+    Example:
+      strongroom image approved --key alias/classifier
+    """
     kms = keyservice.connect(app.workspace(), identity=identity)
     approved = approved_measurements(kms.get_key_policy(key))
     emit(

@@ -170,7 +170,12 @@ def serve_command(app: AppContext, listen: str | None, detach: bool) -> None:
 @keys_group.command("status")
 @pass_app
 def status_command(app: AppContext) -> None:
-    """Say whether the local key service runs, where, and since when."""
+    """Say whether the local key service runs, where, and since when.
+
+    \b
+    Example:
+      strongroom keys status || strongroom keys serve --detach
+    """
     ws = app.workspace()
     rec = keyservice.running(ws)
     if rec is None:
@@ -196,7 +201,12 @@ def status_command(app: AppContext) -> None:
 @keys_group.command("stop")
 @pass_app
 def stop_command(app: AppContext) -> None:
-    """Stop the local key service (from any shell)."""
+    """Stop the local key service (from any shell).
+
+    \b
+    Example:
+      strongroom keys stop
+    """
     stopped = keyservice.stop(app.workspace())
     emit(
         app,
@@ -249,7 +259,12 @@ def create_command(
 @identity_option
 @pass_app
 def list_command(app: AppContext, identity: str) -> None:
-    """List the keys of the identity's account, with their aliases."""
+    """List the keys of the identity's account, with their aliases.
+
+    \b
+    Example:
+      strongroom keys list | cut -f1     # key IDs, one per line (plus the heading)
+    """
     kms = keyservice.connect(app.workspace(), identity=identity)
     keys = kms.list_keys()
     aliases: dict[str, list[str]] = {}
@@ -272,7 +287,12 @@ def list_command(app: AppContext, identity: str) -> None:
 @identity_option
 @pass_app
 def describe_command(app: AppContext, key: str, identity: str) -> None:
-    """Show a key's metadata. KEY is a key id, ARN or alias."""
+    """Show a key's metadata. KEY is a key id, ARN or alias.
+
+    \b
+    Example:
+      strongroom keys describe alias/classifier --json | jq -r .Arn
+    """
     meta = keyservice.connect(app.workspace(), identity=identity).describe_key(key)
     data = _metadata_dict(meta)
     emit(app, data, lambda: emit_table(["field", "value"], data.items()))
@@ -288,7 +308,12 @@ def policy_group() -> None:
 @identity_option
 @pass_app
 def policy_get_command(app: AppContext, key: str, identity: str) -> None:
-    """Print the key policy of KEY (JSON)."""
+    """Print the key policy of KEY (JSON).
+
+    \b
+    Example:
+      strongroom keys policy get alias/classifier > policy.json
+    """
     click.echo(keyservice.connect(app.workspace(), identity=identity).get_key_policy(key))
 
 
@@ -301,6 +326,10 @@ def policy_put_command(app: AppContext, key: str, policy_file: Path, identity: s
     """Replace the key policy of KEY with POLICY_FILE.
 
     The key service refuses a policy that would stop you from changing it again.
+
+    \b
+    Example:
+      strongroom keys policy put alias/classifier policy.json
     """
     keyservice.connect(app.workspace(), identity=identity).put_key_policy(
         key, _read_policy(policy_file)

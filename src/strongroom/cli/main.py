@@ -34,6 +34,7 @@ COMMANDS = {
     "run": "client:run_command",
     "attest": "client:attest_command",
     "demo": "demo:demo_command",
+    "completion": "completion:completion_command",
 }
 
 

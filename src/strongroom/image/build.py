@@ -183,7 +183,9 @@ def runtime_files(
     for distribution in distributions:
         for name, path in _distribution_files(distribution).items():
             files.setdefault(name, path)
-    return files
+    # the demo's example app and dataset ship with the package, not in enclaves
+    examples = f"{SITE_PACKAGES / 'strongroom' / 'examples'}/"
+    return {name: path for name, path in files.items() if not name.startswith(examples)}
 
 
 def _summary(distributions: Iterable[importlib.metadata.Distribution]) -> list[dict[str, str]]:
