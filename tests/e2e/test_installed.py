@@ -1,4 +1,4 @@
-"""Strongroom installed from its wheel, not run from a checkout: `strongroom demo` works anywhere."""
+"""Strongroom installed from its wheel, not a checkout: `strongroom demo` works anywhere."""
 
 from __future__ import annotations
 

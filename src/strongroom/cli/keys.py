@@ -409,13 +409,15 @@ def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
                     e.get("session")
                     or (f"→ {e['issued_session']}" if "issued_session" in e else ""),
                     e.get("operation"),
-                    (e.get("key") or "").rsplit("/", 1)[-1][:8],
+                    (e.get("key") or "").rsplit("/", 1)[-1],
                     e.get("outcome"),
                     e.get("statement") or "",
-                    ((e.get("attestation") or {}).get("image_sha384") or "")[:16],
+                    (e.get("attestation") or {}).get("image_sha384") or "",
                 )
                 for e in events
             ],
+            # at 80 columns these go first: what was asked, by whom, and the answer stay
+            optional=("session", "statement", "image"),
         )
 
     emit(app, events, render)

@@ -85,7 +85,7 @@ def _accept_json(command: click.Command, path: str) -> None:
 HELP = """Seal applications so that only an attested enclave can run them.
 
 \b
-Vendor:  keys create, seal, image build, image approve / revoke
+Vendor:  keys create, seal, image build, image approve, image revoke
 Host:    init, enclave start, proxy start, push, run, pull
 Try:     strongroom demo   (the whole flow, locally, in a scratch workspace)
 
