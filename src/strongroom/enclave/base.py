@@ -29,8 +29,9 @@ from typing import Any, Literal, Protocol
 from strongroom.errors import UsageError
 from strongroom.image import Measurements
 
-#: ``STARTING`` only while ``start`` has not returned; ``STOPPED``: it ended
-#: cleanly (exit code 0); ``FAILED``: it died (exit code, signal, out of memory).
+#: ``STARTING`` only while ``start`` has not returned; ``STOPPED``: it ended as
+#: asked (``enclave stop``, whose kill gives exit code 137) or its server exited
+#: with 0; ``FAILED``: it died on its own (exit code, signal, out of memory).
 State = Literal["STARTING", "RUNNING", "STOPPED", "FAILED"]
 
 DEFAULT_NAME = "enclave"
