@@ -22,6 +22,7 @@ from strongroom.cli._common import (
     complete_enclave_name,
     emit,
     emit_table,
+    err,
     out,
     pass_app,
 )
@@ -380,6 +381,8 @@ def _stream_run(app: AppContext, events: Any) -> int:
         events.close()  # closes the stream: the enclave kills and wipes the app
         click.echo("run cancelled", err=True)
         return 130
+    finally:
+        sink.close()
     raise InvalidInputError(
         "the enclave ended the run without an exit status", hint="see `strongroom enclave status`"
     )
@@ -390,9 +393,14 @@ class _Terminal:
 
     def __init__(self) -> None:
         self.stdout: Any = sys.stdout.buffer
+        self._bar: Any = None  # a progress bar while the enclave decrypts a large app
 
     def event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        if kind == "progress":
+            self._progress(event)
+            return
+        self.close()
         if kind == "stdout":
             self._write_stdout(base64.b64decode(event["data"]))
         elif kind == "stderr":
@@ -402,6 +410,28 @@ class _Terminal:
             click.secho(f"· {event['message']}", dim=True, err=True)
         elif kind == "exit" and event.get("reason"):
             click.secho(f"app {event['reason']}", fg="yellow", err=True)
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        if not err.is_terminal:
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("· {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                console=err.console,
+                transient=True,
+            )
+            self._bar.start()
+            self._bar.add_task(str(event.get("stage", "")), total=event.get("total"))
+        self._bar.update(self._bar.task_ids[0], completed=event.get("done", 0))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def _write_stdout(self, data: bytes) -> None:
         if self.stdout is None:
@@ -418,6 +448,9 @@ class _JsonEvents:
 
     def __init__(self) -> None:
         self.open = True
+
+    def close(self) -> None:
+        pass
 
     def event(self, event: dict[str, Any]) -> None:
         line = dict(event)

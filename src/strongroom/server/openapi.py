@@ -238,6 +238,7 @@ def document() -> dict[str, Any]:
                                     "type": {
                                         "enum": [
                                             "status",
+                                            "progress",
                                             "started",
                                             "stdout",
                                             "stderr",

@@ -78,6 +78,8 @@ from strongroom.server.launchers import Launcher, Launchers
 from strongroom.transport.base import Address
 
 OUTPUT_CHUNK = 64 * 1024
+#: How often a long decryption says how far it got (a `progress` event).
+PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,8 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
             raise problem from None
         yield _event("status", message="decrypting the app into enclave memory")
         folder.create()
-        await asyncio.to_thread(_open_into, package, header, data_key, folder, abandoned)
+        async for event in _opening(package, header, data_key, folder, abandoned):
+            yield event
         del data_key
         relative_entry = _entry_path(app_dir, entry)
         with envr.identities.claim() as identity:
@@ -351,16 +354,49 @@ def _release_key(
         ) from e
 
 
+async def _opening(
+    package: BinaryIO,
+    header: Header,
+    data_key: bytes,
+    folder: RunFolder,
+    abandoned: threading.Event,
+) -> AsyncIterator[dict[str, Any]]:
+    """Decrypt the app into the run's folder; while it takes long, say how far it got.
+
+    A ``progress`` event every :data:`PROGRESS_INTERVAL_S` (none for an app that
+    opens faster than that): ``done`` plaintext bytes of about ``total``, the
+    package's size in the shared folder.
+    """
+    opened = 0
+
+    def advance(n: int) -> None:
+        nonlocal opened
+        opened += n
+
+    total = os.fstat(package.fileno()).st_size
+    work = asyncio.ensure_future(
+        asyncio.to_thread(_open_into, package, header, data_key, folder, abandoned, advance)
+    )
+    try:
+        while not (await asyncio.wait({work}, timeout=PROGRESS_INTERVAL_S))[0]:
+            yield _event("progress", stage="decrypting", done=min(opened, total), total=total)
+    finally:
+        if not work.done():  # the run was cancelled: the thread finishes; `abandoned` wipes
+            work.add_done_callback(lambda task: task.exception())
+    work.result()
+
+
 def _open_into(
     package: BinaryIO,
     header: Header,
     data_key: bytes,
     folder: RunFolder,
     abandoned: threading.Event,
+    progress: Callable[[int], None],
 ) -> None:
     """Decrypt the rest of ``package`` (just past ``header``) into the run's folder."""
     try:
-        open_package(package, data_key, folder.app, header=header)
+        open_package(package, data_key, folder.app, header=header, progress=progress)
     finally:
         # The run ended while we were extracting (the client went away and the run was
         # cancelled): its wipe raced with our writes, so wipe again now that they are done.
