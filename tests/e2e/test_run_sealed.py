@@ -555,3 +555,36 @@ def test_a_reader_closing_stdout_early_keeps_the_run_and_its_exit_code(env: Env)
     assert piped.stdout == "first line\n"
     assert piped.returncode == 0, piped.stderr  # the app's own exit code, not a silent 1
     assert "Traceback" not in piped.stderr and "error" not in piped.stderr
+
+
+def test_a_package_the_enclave_already_has_is_not_sent_again_unless_either_side_changed(
+    env: Env, tmp_path: Path
+) -> None:
+    def app(greeting: str) -> Path:
+        directory = tmp_path / greeting
+        directory.mkdir()
+        (directory / "main.py").write_text(f"print({greeting!r})\n")
+        return directory
+
+    package = tmp_path / "greeter.sealed"
+    other = tmp_path / "other.sealed"
+    env.cli("seal", str(app("hello")), "--key", "alias/apps", "-o", str(package))
+    env.cli("seal", str(app("bonjour")), "--key", "alias/apps", "-o", str(other))
+    run = ["run", "--enclave", PROD, str(package), "--entry", "main.py"]
+
+    def enclave_copy() -> dict[str, object]:
+        [entry] = env.stack.json("ls", "--enclave", PROD, "/encrypted/greeter.sealed")
+        return entry
+
+    assert env.cli(*run).stdout == "hello\n"
+    sent = enclave_copy()
+    assert env.cli(*run).stdout == "hello\n"
+    assert enclave_copy() == sent  # not sent again
+
+    # the enclave's copy replaced behind the client's back: it notices and sends the host's
+    env.cli("push", "--enclave", PROD, str(other), "/encrypted/greeter.sealed")
+    assert env.cli(*run).stdout == "hello\n"
+
+    # the local file rewritten: the new one runs
+    shutil.copyfile(other, package)
+    assert env.cli(*run).stdout == "bonjour\n"

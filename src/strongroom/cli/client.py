@@ -75,7 +75,9 @@ def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
         names = ", ".join(s.name for s in running)
         raise UsageError(f"several enclaves run ({names})", hint="choose one with --enclave NAME")
     status = running[0]
-    return EnclaveClient(parse_address(status.addresses["control"]), name=status.name)
+    return EnclaveClient(
+        parse_address(status.addresses["control"]), name=status.name, enclave_id=status.enclave_id
+    )
 
 
 def _local_files(sources: tuple[Path, ...]) -> list[tuple[Path, PurePosixPath]]:
@@ -261,6 +263,33 @@ def _run_credentials(
     return run_credentials(ws, resource).to_wire(), {"region": region}
 
 
+def _ensure_uploaded(
+    app: AppContext, ws: Workspace, enclave: EnclaveClient, local: Path, remote: str
+) -> None:
+    """Make the enclave's ``remote`` a copy of ``local``: upload it unless it already is.
+
+    Known to be the same when :mod:`strongroom.client.uploads` says so (no
+    hashing at all), else when both sides' SHA-256 agree.
+    """
+    from strongroom.client.uploads import Upload, Uploads
+
+    uploads = Uploads(ws.run_dir / "uploads.json")
+    known = uploads.get(enclave.enclave_id, remote)
+    local_stat = local.stat()
+    try:
+        there = enclave.stat(remote)
+    except NotFoundError:
+        there = None
+    if there is not None and known == Upload.of(local_stat, there.size, there.mtime):
+        return
+    if there is None or enclave.checksum(remote) != _sha256(local):
+        enclave.mkdir(ENCRYPTED_DIR, parents=True)
+        with byte_progress("upload", local_stat.st_size, enabled=not app.json) as advance:
+            enclave.upload(local, remote, progress=advance)
+        there = enclave.stat(remote)
+    uploads.put(enclave.enclave_id, remote, Upload.of(local_stat, there.size, there.mtime))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -330,14 +359,7 @@ def run_command(
         local = Path(package)
         if local.is_file():
             remote = f"{ENCRYPTED_DIR}/{local.name}"
-            try:
-                same = enclave.checksum(remote) == _sha256(local)
-            except NotFoundError:
-                same = False
-            if not same:
-                enclave.mkdir(ENCRYPTED_DIR, parents=True)
-                with byte_progress("upload", local.stat().st_size, enabled=not app.json) as adv:
-                    enclave.upload(local, remote, progress=adv)
+            _ensure_uploaded(app, ws, enclave, local, remote)
         elif package.startswith("/"):
             remote = package
         else:

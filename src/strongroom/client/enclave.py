@@ -97,9 +97,11 @@ def _error_from(response: Response) -> StrongroomError:
 
 
 class EnclaveClient:
-    def __init__(self, address: Address, *, name: str = "enclave") -> None:
+    def __init__(self, address: Address, *, name: str = "enclave", enclave_id: str = "") -> None:
         self.address = address
         self.name = name
+        #: Which start of the enclave this is (a restarted enclave has a new one).
+        self.enclave_id = enclave_id
         self._http = HttpClient(address, host="enclave")
 
     def close(self) -> None:
