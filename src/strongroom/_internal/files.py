@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ PUBLIC_MODE = 0o644
 
 def atomic_write(path: Path, data: bytes, *, mode: int = PUBLIC_MODE) -> None:
     """Write ``data`` to ``path`` atomically with permissions ``mode``."""
+    import tempfile  # ~4 ms (shutil, random) that commands which only read do not pay
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -148,6 +147,8 @@ def _in_parallel(work: Callable[[T], dict[str, Any]], items: list[T]) -> list[di
     small files go several times faster over a few connections at once."""
     if len(items) <= 1:
         return [work(item) for item in items]
+    import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=TRANSFER_WORKERS) as pool:
         return list(pool.map(work, items))
 

@@ -11,15 +11,15 @@ enclave.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strongroom import errors
 from strongroom.client.transfer import LocalTarget, open_local_file, write_confined
@@ -27,14 +27,25 @@ from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
 from strongroom.transport.http import ChannelError, HttpClient, Response
 
+if TYPE_CHECKING:
+    import concurrent.futures
+
 UPLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
 #: A run may be silent for a long time; reads wait this long between events.
 RUN_READ_TIMEOUT_S = 24 * 3600.0
 
 
-#: Runs the enclave-side checksum of a large download alongside the download itself.
-_background = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="checksum")
+@functools.cache
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    """Runs the enclave-side checksum of a large download alongside the download itself.
+
+    Made on first use: ``concurrent.futures`` (and the ``logging`` it imports)
+    is ~5 ms that a ``run`` does not need.
+    """
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="checksum")
 
 
 class EnclaveGoneError(UnavailableError):
@@ -235,7 +246,7 @@ class EnclaveClient:
                 raise _error_from(response)
             expected = response.header("x-sha256")
             if expected is None:
-                remote_digest = _background.submit(self.checksum, remote)
+                remote_digest = _background().submit(self.checksum, remote)
             buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
             with write_confined(target) as f:
                 while n := response.readinto(buffer):

@@ -60,7 +60,6 @@ security boundary.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -652,6 +651,8 @@ class SandboxRuntime:
         if len(running) == 1:
             answers = {running[0].name: probe(running[0])}
         else:
+            import concurrent.futures  # not on the paths that need no probe (run, push, ...)
+
             with concurrent.futures.ThreadPoolExecutor(max_workers=len(running)) as pool:
                 answers = dict(
                     zip((s.name for s in running), pool.map(probe, running), strict=True)

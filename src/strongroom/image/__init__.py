@@ -31,34 +31,50 @@ bit-identical file, hence the same PCRs.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from strongroom.image.eif import (
-    Arch,
-    EifHeader,
-    EifReader,
-    Section,
-    SectionInfo,
-    SectionType,
-    write_eif,
-)
-from strongroom.image.errors import ImageBuildError, ImageFormatError, IncompatibleImageError
-from strongroom.image.measure import HASH_ALGORITHM, Measurements, measure_image
-from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor, host_abi
-
 if TYPE_CHECKING:
     from strongroom.image.build import RUNTIME_DISTRIBUTIONS, BuildResult, build_image
     from strongroom.image.describe import describe_image
+    from strongroom.image.eif import (
+        Arch,
+        EifHeader,
+        EifReader,
+        Section,
+        SectionInfo,
+        SectionType,
+        write_eif,
+    )
+    from strongroom.image.errors import ImageBuildError, ImageFormatError, IncompatibleImageError
     from strongroom.image.extract import extract_image, read_runtime_descriptor
+    from strongroom.image.measure import HASH_ALGORITHM, Measurements, measure_image
+    from strongroom.image.runtime import ENTRYPOINT, RuntimeDescriptor, host_abi
 
-#: Building pulls in packaging and importlib.metadata (~150 ms), describing and
-#: extracting the x509 and tar machinery; commands that only look up or talk to
-#: enclaves should not pay for them, so these are imported on first use.
+#: Every name is imported on first use: building pulls in packaging and
+#: importlib.metadata (~150 ms), describing and extracting the x509 and tar
+#: machinery, the EIF codec its tables; a command that only talks to an
+#: enclave (``strongroom run``) needs none of it.
 _LAZY = {
     "RUNTIME_DISTRIBUTIONS": "build",
     "BuildResult": "build",
     "build_image": "build",
     "describe_image": "describe",
+    "Arch": "eif",
+    "EifHeader": "eif",
+    "EifReader": "eif",
+    "Section": "eif",
+    "SectionInfo": "eif",
+    "SectionType": "eif",
+    "write_eif": "eif",
+    "ImageBuildError": "errors",
+    "ImageFormatError": "errors",
+    "IncompatibleImageError": "errors",
     "extract_image": "extract",
     "read_runtime_descriptor": "extract",
+    "HASH_ALGORITHM": "measure",
+    "Measurements": "measure",
+    "measure_image": "measure",
+    "ENTRYPOINT": "runtime",
+    "RuntimeDescriptor": "runtime",
+    "host_abi": "runtime",
 }
 
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from strongroom.image.eif import MAX_SIGNATURE_SIZE, EifReader, SectionType
 from strongroom.image.errors import ImageFormatError
+
+if TYPE_CHECKING:
+    from strongroom.image.eif import SectionType
 
 #: What ``nitro-cli`` prints as the hash algorithm (Rust's ``Debug`` of ``Sha384``).
 HASH_ALGORITHM = "Sha384 { ... }"
@@ -124,6 +126,11 @@ class PcrCalculator:
     """
 
     def __init__(self) -> None:
+        # here, not at the top: holding Measurements (enclave status, run) needs no EIF codec
+        from strongroom.image.eif import MAX_SIGNATURE_SIZE, SectionType
+
+        self._types = SectionType
+        self._max_signature = MAX_SIGNATURE_SIZE
         self._image = hashlib.sha384()  # PCR0
         self._bootstrap = hashlib.sha384()  # PCR1
         self._application = hashlib.sha384()  # PCR2
@@ -135,13 +142,14 @@ class PcrCalculator:
     def start_section(self, section_type: SectionType) -> None:
         self._targets = ()
         self._collecting = None
-        if section_type in (SectionType.KERNEL, SectionType.CMDLINE):
+        types = self._types
+        if section_type in (types.KERNEL, types.CMDLINE):
             self._targets = (self._image, self._bootstrap)
-        elif section_type is SectionType.RAMDISK:
+        elif section_type is types.RAMDISK:
             first = self._ramdisks == 0
             self._targets = (self._image, self._bootstrap if first else self._application)
             self._ramdisks += 1
-        elif section_type is SectionType.SIGNATURE:
+        elif section_type is types.SIGNATURE:
             self._signature = self._collecting = bytearray()
 
     def update(self, data: bytes) -> None:
@@ -149,9 +157,9 @@ class PcrCalculator:
             hasher.update(data)
         if self._collecting is not None:
             self._collecting += data
-            if len(self._collecting) > MAX_SIGNATURE_SIZE:
+            if len(self._collecting) > self._max_signature:
                 raise ImageFormatError(
-                    f"the signature section is larger than {MAX_SIGNATURE_SIZE} bytes"
+                    f"the signature section is larger than {self._max_signature} bytes"
                 )
 
     def result(self) -> Measurements:
@@ -173,6 +181,8 @@ def measure_image(path: Path) -> Measurements:
     Raises :class:`ImageFormatError` if the CRC does not match: a damaged file
     must not get a measurement someone might approve.
     """
+    from strongroom.image.eif import EifReader
+
     calculator = PcrCalculator()
     with EifReader(path) as reader:
         crc_ok = reader.scan(calculator)

@@ -8,7 +8,7 @@ should not pay for the rest.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 
 from strongroom.errors import InvalidInputError
 from strongroom.sealing.format import (
@@ -18,11 +18,13 @@ from strongroom.sealing.format import (
     read_sealed_header,
     read_up_to,
 )
-from strongroom.sealing.legacy import LegacyHeader, looks_legacy, read_legacy_header
+
+if TYPE_CHECKING:
+    from strongroom.sealing.legacy import LegacyHeader
 
 #: What :func:`read_header` returns: either kind carries ``encrypted_data_key``,
 #: ``key_id`` and ``encryption_context``, the arguments of KMS Decrypt.
-Header = SealedHeader | LegacyHeader
+Header: TypeAlias = "SealedHeader | LegacyHeader"
 
 
 def read_header(stream: BinaryIO, *, name: str = "the package") -> Header:
@@ -37,6 +39,9 @@ def read_header(stream: BinaryIO, *, name: str = "the package") -> Header:
         )
     if head == MAGIC:
         return read_sealed_header(stream, name=name, head=head)
+    # the sample's format only (its zip and tree machinery is for it alone)
+    from strongroom.sealing.legacy import looks_legacy, read_legacy_header
+
     if looks_legacy(head):
         return read_legacy_header(stream, name=name, head=head)
     raise InvalidInputError(f"{name} is not a Strongroom sealed package", hint=NOT_A_PACKAGE_HINT)
