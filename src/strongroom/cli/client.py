@@ -261,6 +261,7 @@ def _run_credentials(
         header = read_header(io.BytesIO(enclave.read_head(remote, MAX_HEADER_SIZE)), name=remote)
     region = ws.config.region
     resource = decrypt_resource(header.key_id, header.encrypted_data_key, region=region)
+    _check_key_service_reach(ws, enclave.name)
     return run_credentials(ws, resource).to_wire(), {"region": region}
 
 
@@ -289,6 +290,15 @@ def _ensure_uploaded(
             enclave.upload(local, remote, progress=advance)
         there = enclave.stat(remote)
     uploads.put(enclave.enclave_id, remote, Upload.of(local_stat, there.size, there.mtime))
+
+
+def _check_key_service_reach(ws: Workspace, name: str) -> None:
+    """The enclave's key-service forwarder must lead where the key service runs now."""
+    from strongroom.enclave import runtime_for
+    from strongroom.keys.service import check_enclave_reaches
+
+    (status,) = runtime_for(ws).status(name, probe=False)
+    check_enclave_reaches(ws, name, status.addresses.get("key_service"))
 
 
 def _sha256(path: Path) -> str:

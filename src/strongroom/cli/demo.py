@@ -10,6 +10,7 @@ it started, whatever happens.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -47,6 +48,15 @@ class DemoError(StrongroomError):
     pass
 
 
+def _scratch_env() -> dict[str, str]:
+    """Our environment without the shell's AWS credentials: in the scratch workspace
+    they are nobody's, and each step signs as the identity it names (or its default)."""
+    from strongroom.cli.keys import ENV_CLEARED, ENV_VARIABLES
+
+    dropped = {*ENV_VARIABLES, *ENV_CLEARED, "AWS_DEFAULT_PROFILE"}
+    return {name: value for name, value in os.environ.items() if name not in dropped}
+
+
 class Demo:
     """Runs and prints the steps; remembers nothing but the scratch directory."""
 
@@ -68,10 +78,12 @@ class Demo:
         out.print(f"      [dim]$ strongroom {escape(shlex.join(args))}[/]")
         command = [sys.executable, "-m", "strongroom", "--home", str(self.home), *args]
         if live:  # let the app's output stream straight to the terminal
-            code = subprocess.run(command, cwd=self.workdir).returncode
+            code = subprocess.run(command, cwd=self.workdir, env=_scratch_env()).returncode
             text = ""
         else:
-            result = subprocess.run(command, cwd=self.workdir, capture_output=True, text=True)
+            result = subprocess.run(
+                command, cwd=self.workdir, env=_scratch_env(), capture_output=True, text=True
+            )
             code, text = result.returncode, result.stdout + result.stderr
             if show and text.strip():
                 for line in text.rstrip().splitlines():

@@ -273,7 +273,11 @@ def logs_command(app: AppContext, name: str, follow: bool) -> None:
 
 
 def _named_destinations(ws: Workspace) -> dict[str, proxy.AllowRule]:
-    listen = ws.config.kms_listen
+    """``kms``: where the key service runs now (``keys serve --listen``), else its
+    configured address."""
+    from strongroom.keys.service import listen_address
+
+    listen = listen_address(ws)
     if listen.startswith("unix:"):
         return {}
     return {"kms": proxy.parse_allow(listen, named={})}
@@ -314,7 +318,8 @@ def proxy_start_command(app: AppContext, allow: tuple[str, ...], allowlist: Path
     """Start the egress proxy in the background.
 
     With neither --allow nor --allowlist, only the workspace key service
-    ("kms", the workspace's keys.listen) is allowed. Inside an enclave it is
+    ("kms": where `keys serve` listens now, else the workspace's keys.listen)
+    is allowed. Inside an enclave it is
     reached at http://127.0.0.1:8000. Hosts must resolve now; they match only
     as written (allowing localhost does not allow 127.0.0.1).
 

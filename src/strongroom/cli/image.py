@@ -9,9 +9,8 @@ from typing import TypeVar
 import click
 
 from strongroom.cli._common import AppContext, emit, emit_table, err, out, pass_app
-from strongroom.cli.keys import identity_option
+from strongroom.cli.keys import identity_option, key_service
 from strongroom.errors import UsageError
-from strongroom.keys import service as keyservice
 from strongroom.policy import DENY_SID, PolicyDocument, approve, approved_measurements, revoke
 
 
@@ -80,7 +79,7 @@ def build_command(
     cpus: int,
     keys: tuple[str, ...],
     signers: tuple[Path, ...],
-    identity: str,
+    identity: str | None,
 ) -> None:
     """Build a local enclave image (EIF format) and print its measurements.
 
@@ -131,15 +130,13 @@ def _unique(values: Iterable[T]) -> list[T]:
     return list(dict.fromkeys(values))
 
 
-def _key_arn(app: AppContext, key: str, identity: str) -> str:
+def _key_arn(app: AppContext, key: str, identity: str | None) -> str:
     """The ARN of ``key``: as given when it is a key ARN, else resolved by the key service."""
     from strongroom.image.pins import check_key_arn
 
     if key.startswith("arn:") and ":key/" in key:
         return check_key_arn(key)
-    return check_key_arn(
-        keyservice.connect(app.workspace(), identity=identity).describe_key(key).arn
-    )
+    return check_key_arn(key_service(app.workspace(), identity).describe_key(key).arn)
 
 
 def _print_measurements(data: dict[str, object]) -> None:
@@ -219,7 +216,12 @@ key_option = click.option("--key", required=True, help="The key (id, ARN or alia
 @identity_option
 @pass_app
 def approve_command(
-    app: AppContext, image: Path | None, pcr0: str | None, key: str, replace: bool, identity: str
+    app: AppContext,
+    image: Path | None,
+    pcr0: str | None,
+    key: str,
+    replace: bool,
+    identity: str | None,
 ) -> None:
     """Allow enclaves started from IMAGE to have KEY's data keys released to them.
 
@@ -234,7 +236,7 @@ def approve_command(
     """
     ws = app.workspace()
     measurement = _pcr0_of(image, pcr0)
-    kms = keyservice.connect(ws, identity=identity)
+    kms = key_service(ws, identity)
     policy = kms.get_key_policy(key)
     host = f"arn:aws:iam::{ws.identity('host').account_id}:root"
     has_gate = any(s.sid == DENY_SID for s in PolicyDocument.parse(policy).statements)
@@ -257,7 +259,7 @@ def approve_command(
 @identity_option
 @pass_app
 def revoke_command(
-    app: AppContext, image: Path | None, pcr0: str | None, key: str, identity: str
+    app: AppContext, image: Path | None, pcr0: str | None, key: str, identity: str | None
 ) -> None:
     """Stop releasing KEY's data keys to enclaves started from IMAGE.
 
@@ -268,7 +270,7 @@ def revoke_command(
       strongroom image revoke classifier.eif --key alias/classifier
     """
     measurement = _pcr0_of(image, pcr0)
-    kms = keyservice.connect(app.workspace(), identity=identity)
+    kms = key_service(app.workspace(), identity)
     kms.put_key_policy(key, revoke(kms.get_key_policy(key), measurement))
     approved = approved_measurements(kms.get_key_policy(key))
     emit(
@@ -282,14 +284,14 @@ def revoke_command(
 @key_option
 @identity_option
 @pass_app
-def approved_command(app: AppContext, key: str, identity: str) -> None:
+def approved_command(app: AppContext, key: str, identity: str | None) -> None:
     """List the image measurements (PCR0) approved for KEY.
 
     \b
     Example:
       strongroom image approved --key alias/classifier
     """
-    kms = keyservice.connect(app.workspace(), identity=identity)
+    kms = key_service(app.workspace(), identity)
     approved = approved_measurements(kms.get_key_policy(key))
     emit(
         app, {"approved": approved}, lambda: emit_table(["approved PCR0"], [(m,) for m in approved])

@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from strongroom.cli._common import AppContext, emit, emit_json, emit_table, err, out, pass_app
-from strongroom.errors import InvalidInputError, UsageError
+from strongroom.errors import (
+    InvalidInputError,
+    NotFoundError,
+    ServiceNotRunningError,
+    StrongroomError,
+    UsageError,
+)
 from strongroom.keys import service as keyservice
 from strongroom.keys.audit import AuditQuery, read_events
 from strongroom.keys.base import KeyMetadata
 from strongroom.workspace import IDENTITY_NAMES, Workspace
 
+if TYPE_CHECKING:
+    from strongroom.keys.aws import KmsKeyService
+
+#: Who signs a command's requests when neither --as nor the environment names an identity.
+DEFAULT_IDENTITY = "vendor"
+
 identity_option = click.option(
     "--as",
     "identity",
     type=click.Choice(IDENTITY_NAMES),
-    default="vendor",
-    show_default=True,
-    help="Workspace identity that signs the requests (local target).",
+    default=None,
+    help="Workspace identity that signs the requests (local target). [default: the identity "
+    "whose keys the AWS credential chain holds, e.g. after `strongroom env --as host`; else "
+    f"{DEFAULT_IDENTITY}] A line on stderr says when another identity signs than the "
+    "environment's.",
 )
+
+
+def key_service(ws: Workspace, identity: str | None) -> KmsKeyService:
+    """The key service, signed for by whom the one identity rule picks
+    (:mod:`strongroom.keys.signer`); one stderr line when that is not the
+    principal the environment's credentials name."""
+    from strongroom.keys.signer import choose
+
+    signer = choose(ws, identity, default=DEFAULT_IDENTITY)
+    if signer.note:
+        click.echo(signer.note, err=True)
+    return keyservice.connect(ws, signer)
 
 
 @click.command("init")
@@ -79,45 +106,75 @@ def init_command(app: AppContext, force: bool, region: str) -> None:
     )
 
 
+#: What `env` exports, and so exactly what `env --unset` unsets.
+ENV_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_KMS",
+    "AWS_ENDPOINT_URL_STS",
+)
+#: What `env` unsets before exporting: the key service would refuse a stale session token,
+#: and a profile would compete with the exported keys.
+ENV_CLEARED = ("AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
 @click.command("env")
 @click.option(
     "--as",
     "identity",
     type=click.Choice(IDENTITY_NAMES),
-    required=True,
     help="Which workspace identity the exports act as.",
 )
+@click.option("--unset", is_flag=True, help="Print the lines that undo `env --as`.")
 @pass_app
-def env_command(app: AppContext, identity: str) -> None:
+def env_command(app: AppContext, identity: str | None, unset: bool) -> None:
     """Print shell exports that point AWS tools at the local key service.
 
     \b
-    The key service also serves STS (AssumeRole, GetFederationToken,
-    GetCallerIdentity) on the same endpoint, for short-lived scoped
-    session credentials.
+    The aws CLI, boto3 and strongroom's own commands then act as that
+    identity (an explicit --as on a strongroom command still wins). The key
+    service also serves STS (AssumeRole, GetFederationToken,
+    GetCallerIdentity) on the same endpoint, for short-lived scoped session
+    credentials. --unset prints the `unset` line for exactly the variables
+    `env --as` exports.
 
     \b
-    Example:
+    Examples:
       eval "$(strongroom env --as vendor)"
       aws kms create-key
+      eval "$(strongroom env --unset)"
     """
+    if unset == (identity is not None):
+        raise UsageError(
+            "give either --as host|vendor or --unset",
+            hint='e.g. eval "$(strongroom env --as vendor)"; eval "$(strongroom env --unset)"',
+        )
+    if identity is None:
+        if app.json:
+            emit_json({"unset": list(ENV_VARIABLES)})
+        else:
+            click.echo(f"unset {' '.join(ENV_VARIABLES)}")
+        return
     ws = app.workspace()
     ident = ws.identity(identity)
-    env = {
-        "AWS_ACCESS_KEY_ID": ident.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": ident.secret_access_key,
-        "AWS_REGION": ws.config.region,
-        "AWS_DEFAULT_REGION": ws.config.region,
-        "AWS_ENDPOINT_URL_KMS": keyservice.endpoint_url(ws),
-        "AWS_ENDPOINT_URL_STS": keyservice.endpoint_url(ws),
-    }
+    endpoint = keyservice.endpoint_url(ws)
+    values = (
+        ident.access_key_id,
+        ident.secret_access_key,
+        ws.config.region,
+        ws.config.region,
+        endpoint,
+        endpoint,
+    )
+    env = dict(zip(ENV_VARIABLES, values, strict=True))
     if app.json:
         emit_json(
             {"account_id": ident.account_id, "principal_arn": ident.principal_arn, "env": env}
         )
         return
-    # unset a session token a user may have exported: the key service would refuse it
-    click.echo("unset AWS_SESSION_TOKEN AWS_PROFILE")
+    click.echo(f"unset {' '.join(ENV_CLEARED)}")
     for name, value in env.items():
         click.echo(f"export {name}={shlex.quote(value)}")
 
@@ -173,6 +230,10 @@ def status_command(app: AppContext) -> None:
     """Say whether the local key service runs, where, and since when.
 
     \b
+    Exits 0 when it runs, 6 (service unavailable) when it does not, so
+    scripts can wait for it or start it.
+
+    \b
     Example:
       strongroom keys status || strongroom keys serve --detach
     """
@@ -186,7 +247,7 @@ def status_command(app: AppContext) -> None:
                 "key service: not running (start it with `strongroom keys serve --detach`)"
             ),
         )
-        return
+        sys.exit(ServiceNotRunningError.exit_code)
     since = datetime.fromtimestamp(rec.started_at, UTC).isoformat(timespec="seconds")
     info = {"running": True, "pid": rec.pid, "endpoint": rec.addresses["endpoint"], "since": since}
     emit(
@@ -239,33 +300,88 @@ def _metadata_dict(m: KeyMetadata) -> dict[str, Any]:
 @identity_option
 @pass_app
 def create_command(
-    app: AppContext, description: str, policy_file: Path | None, alias: str | None, identity: str
+    app: AppContext,
+    description: str,
+    policy_file: Path | None,
+    alias: str | None,
+    identity: str | None,
 ) -> None:
     """Create a symmetric AES-256 key owned by the identity's account.
+
+    \b
+    With --alias, the alias is checked first (its name, and that the account
+    has no such alias yet: exit 2), so a taken alias leaves no key behind; if
+    creating the alias still fails, the new key is scheduled for deletion
+    (7 days, the shortest KMS allows) and the error says so.
 
     \b
     Example:
       strongroom keys create --alias alias/classifier --description "model key"
     """
+    from strongroom.keys.base import check_alias_name
+
     policy = _read_policy(policy_file) if policy_file else None
-    kms = keyservice.connect(app.workspace(), identity=identity)
-    meta = kms.create_key(description=description, policy=policy)
+    alias_name = None
     if alias:
-        kms.create_alias(alias if alias.startswith("alias/") else f"alias/{alias}", meta.key_id)
+        alias_name = alias if alias.startswith("alias/") else f"alias/{alias}"
+        check_alias_name(alias_name)
+    kms = key_service(app.workspace(), identity)
+    if alias_name:
+        _require_free_alias(kms, alias_name)
+    meta = kms.create_key(description=description, policy=policy)
+    if alias_name:
+        try:
+            kms.create_alias(alias_name, meta.key_id)
+        except StrongroomError as e:
+            raise _without_orphan(kms, meta, alias_name, e) from e
     emit(app, _metadata_dict(meta), lambda: out.print(f"{meta.arn}"))
+
+
+def _require_free_alias(kms: KmsKeyService, alias_name: str) -> None:
+    from strongroom.errors import AlreadyExistsError
+
+    taken = next((a for a in kms.list_aliases() if a.name == alias_name), None)
+    if taken is not None:
+        raise AlreadyExistsError(
+            f"alias {alias_name} already exists (it names key {taken.target_key_id})",
+            hint="choose another --alias; no key was created",
+        )
+
+
+#: KMS's shortest deletion window: a key made for an alias that could not be made goes.
+ORPHAN_DELETION_DAYS = 7
+
+
+def _without_orphan(
+    kms: KmsKeyService, meta: KeyMetadata, alias_name: str, error: StrongroomError
+) -> StrongroomError:
+    """``error`` (creating the alias), once the key made for it is scheduled for deletion."""
+    try:
+        kms.schedule_key_deletion(meta.key_id, pending_window_days=ORPHAN_DELETION_DAYS)
+        fate = f"the new key {meta.key_id} is scheduled for deletion in {ORPHAN_DELETION_DAYS} days"
+    except StrongroomError as cleanup:
+        fate = (
+            f"the new key {meta.key_id} is left without an alias (scheduling its deletion "
+            f"failed too: {cleanup.message})"
+        )
+    cls = type(error)
+    try:
+        return cls(f"cannot create {alias_name}: {error.message}; {fate}", hint=error.hint)
+    except TypeError:  # an error class with other constructor arguments
+        return StrongroomError(f"cannot create {alias_name}: {error.message}; {fate}")
 
 
 @keys_group.command("list")
 @identity_option
 @pass_app
-def list_command(app: AppContext, identity: str) -> None:
+def list_command(app: AppContext, identity: str | None) -> None:
     """List the keys of the identity's account, with their aliases.
 
     \b
     Example:
       strongroom keys list | cut -f1     # key IDs, one per line (plus the heading)
     """
-    kms = keyservice.connect(app.workspace(), identity=identity)
+    kms = key_service(app.workspace(), identity)
     keys = kms.list_keys()
     aliases: dict[str, list[str]] = {}
     for a in kms.list_aliases():
@@ -286,14 +402,14 @@ def list_command(app: AppContext, identity: str) -> None:
 @click.argument("key")
 @identity_option
 @pass_app
-def describe_command(app: AppContext, key: str, identity: str) -> None:
+def describe_command(app: AppContext, key: str, identity: str | None) -> None:
     """Show a key's metadata. KEY is a key id, ARN or alias.
 
     \b
     Example:
       strongroom keys describe alias/classifier --json | jq -r .Arn
     """
-    meta = keyservice.connect(app.workspace(), identity=identity).describe_key(key)
+    meta = key_service(app.workspace(), identity).describe_key(key)
     data = _metadata_dict(meta)
     emit(app, data, lambda: emit_table(["field", "value"], data.items()))
 
@@ -307,14 +423,14 @@ def policy_group() -> None:
 @click.argument("key")
 @identity_option
 @pass_app
-def policy_get_command(app: AppContext, key: str, identity: str) -> None:
+def policy_get_command(app: AppContext, key: str, identity: str | None) -> None:
     """Print the key policy of KEY (JSON).
 
     \b
     Example:
       strongroom keys policy get alias/classifier > policy.json
     """
-    click.echo(keyservice.connect(app.workspace(), identity=identity).get_key_policy(key))
+    click.echo(key_service(app.workspace(), identity).get_key_policy(key))
 
 
 @policy_group.command("put")
@@ -322,7 +438,7 @@ def policy_get_command(app: AppContext, key: str, identity: str) -> None:
 @click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @identity_option
 @pass_app
-def policy_put_command(app: AppContext, key: str, policy_file: Path, identity: str) -> None:
+def policy_put_command(app: AppContext, key: str, policy_file: Path, identity: str | None) -> None:
     """Replace the key policy of KEY with POLICY_FILE.
 
     The key service refuses a policy that would stop you from changing it again.
@@ -331,9 +447,7 @@ def policy_put_command(app: AppContext, key: str, policy_file: Path, identity: s
     Example:
       strongroom keys policy put alias/classifier policy.json
     """
-    keyservice.connect(app.workspace(), identity=identity).put_key_policy(
-        key, _read_policy(policy_file)
-    )
+    key_service(app.workspace(), identity).put_key_policy(key, _read_policy(policy_file))
     emit(app, {"updated": True}, lambda: out.print(f"policy of {key} updated"))
 
 
@@ -372,19 +486,25 @@ def policy_template_command(app: AppContext, measurements: tuple[str, ...]) -> N
 
 
 @keys_group.command("audit")
-@click.option("--key", help="Only events on this key (id or ARN).")
+@click.option("--key", help="Only events on this key (id, ARN, alias or alias ARN).")
 @click.option("--since", help="Only events at or after this ISO-8601 time.")
+@identity_option
 @pass_app
-def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
+def audit_command(
+    app: AppContext, key: str | None, since: str | None, identity: str | None
+) -> None:
     """Show the key service's audit log: who asked what, and the decision.
 
     \b
     Requests made with session credentials name their session; an STS call
-    that issued one shows it as "→ NAME".
+    that issued one shows it as "→ NAME". An alias given to --key is resolved
+    to its key through the key service (as --as; aliases are per account),
+    so the key's events are found whatever name they were made with; a key
+    id or key ARN needs no key service.
 
     \b
     Example:
-      strongroom keys audit --key 1234abcd-... --since 2026-01-01T00:00:00Z
+      strongroom keys audit --key alias/classifier --since 2026-01-01T00:00:00Z
     """
     when = None
     if since:
@@ -396,7 +516,9 @@ def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
             ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-    events = list(read_events(app.workspace().audit_log, AuditQuery(key=key, since=when)))
+    ws = app.workspace()
+    key_id = None if key is None else _key_id(ws, key, identity)
+    events = list(read_events(ws.audit_log, AuditQuery(key_id=key_id, since=when)))
 
     def render() -> None:
         emit_table(
@@ -421,6 +543,24 @@ def audit_command(app: AppContext, key: str | None, since: str | None) -> None:
         )
 
     emit(app, events, render)
+
+
+def _key_id(ws: Workspace, key: str, identity: str | None) -> str:
+    """The key id ``key`` names: read from a key id or key ARN, resolved for an alias."""
+    from strongroom.keys.audit import key_id_of
+
+    direct = key_id_of(key)
+    if direct is not None:
+        return direct
+    name = key if key.startswith(("alias/", "arn:")) else f"alias/{key}"
+    try:
+        return key_service(ws, identity).describe_key(name).key_id
+    except NotFoundError:
+        raise NotFoundError(
+            f"no key has the alias {key} in this identity's account",
+            hint="see `strongroom keys list` (aliases are per account: --as host looks in "
+            "the host's)",
+        ) from None
 
 
 def _read_policy(path: Path) -> str:

@@ -18,9 +18,8 @@ import click
 from rich.markup import escape
 
 from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, out, pass_app
-from strongroom.cli.keys import identity_option
+from strongroom.cli.keys import identity_option, key_service
 from strongroom.errors import UsageError
-from strongroom.keys import service as keyservice
 
 if TYPE_CHECKING:
     from strongroom.sealing import AppManifest, PackageInfo
@@ -162,7 +161,7 @@ def seal_command(
     output: Path,
     contexts: tuple[str, ...],
     sign_key: Path | None,
-    identity: str,
+    identity: str | None,
 ) -> None:
     """Seal APP_DIR into one encrypted, authenticated package.
 
@@ -195,7 +194,7 @@ def seal_command(
             hint="keep the signing key outside the application directory",
         )
     signing_key = None if sign_key is None else load_signing_key(sign_key)
-    kms = keyservice.connect(app.workspace(), identity=identity)
+    kms = key_service(app.workspace(), identity)
     with byte_progress(f"sealing {app_dir.name}", _tree_size(app_dir), enabled=not app.json) as adv:
         info = seal(
             app_dir, output, kms, key, context=context, progress=adv, signing_key=signing_key
@@ -247,7 +246,7 @@ def inspect_command(app: AppContext, package: Path) -> None:
 )
 @identity_option
 @pass_app
-def unseal_command(app: AppContext, package: Path, output: Path, identity: str) -> None:
+def unseal_command(app: AppContext, package: Path, output: Path, identity: str | None) -> None:
     """Open a sealed package into a directory (for the vendor's own testing).
 
     \b
@@ -262,7 +261,7 @@ def unseal_command(app: AppContext, package: Path, output: Path, identity: str) 
     from strongroom.sealing import inspect, unseal
 
     info = inspect(package)
-    kms = keyservice.connect(app.workspace(), identity=identity)
+    kms = key_service(app.workspace(), identity)
     with byte_progress(f"unsealing {package.name}", info.payload_size, enabled=not app.json) as adv:
         info = unseal(package, output, kms, progress=adv)
     emit(app, _info_dict(info), lambda: out.print(f"unsealed {package} → {output}"))

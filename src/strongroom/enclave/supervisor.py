@@ -203,9 +203,18 @@ class Supervisor:
             sockets.append(bind(UnixAddress(str(path))))
         return asyncio.run(self._serve(bwrap, attestor, *sockets))
 
-    def _forwards(self) -> list[str]:
-        listen = self.workspace.config.kms_listen
-        return [] if listen.startswith("unix:") else [f"{KMS_LOCAL_PORT}={listen}"]
+    def _key_service(self) -> str | None:
+        """Where the enclave's key-service forwarder leads: where the key service runs
+        now (``keys serve --listen``), else where it is configured; None: a unix socket,
+        which the egress path cannot reach. Fixed for the enclave's life, and recorded
+        (``key_service``) so that ``run`` can tell when the key service has moved since."""
+        from strongroom.keys.service import listen_address
+
+        listen = listen_address(self.workspace)
+        return None if listen.startswith("unix:") else listen
+
+    def _forwards(self, key_service: str | None) -> list[str]:
+        return [] if key_service is None else [f"{KMS_LOCAL_PORT}={key_service}"]
 
     async def _serve(
         self,
@@ -224,13 +233,14 @@ class Supervisor:
             await serve_attestor(attestor_socket, AttestorService(attestor)),
             await serve_relay(egress_socket, proxy_address(self.workspace.run_dir), self.spec.name),
         ]
+        key_service = self._key_service()
         info_read, info_write = os.pipe()
         command = sandbox_command(
             bwrap,
             self.paths,
             control_fd=control.fileno(),
             info_fd=info_write,
-            forwards=self._forwards(),
+            forwards=self._forwards(key_service),
             memory_mib=self.spec.memory_mib,
             runs_cgroup=self.limits.runs_cgroup,
         )
@@ -263,6 +273,7 @@ class Supervisor:
                 "control": str(UnixAddress(str(self.paths.control_socket))),
                 "attestor": str(UnixAddress(str(self.paths.attestor_socket))),
                 "egress": str(UnixAddress(str(self.paths.egress_socket))),
+                **({} if key_service is None else {"key_service": key_service}),
             },
         )
         exited = asyncio.create_task(sandbox.wait())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,9 +38,25 @@ class AuditLog:
             self._fd = None
 
 
+#: A key id as KMS makes them (the local key service too).
+_KEY_ID = re.compile(r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
+#: A key ARN: its resource is ``key/<id>`` (an alias ARN's is ``alias/<name>``).
+_KEY_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:kms:[a-z0-9-]*:\d*:key/(.+)", re.ASCII)
+
+
+def key_id_of(key: str) -> str | None:
+    """The key id in a key id or key ARN; None for anything else (an alias, an alias ARN),
+    which only the key service can resolve."""
+    arn = _KEY_ARN.fullmatch(key)
+    candidate = arn.group(1) if arn else key
+    return candidate.lower() if _KEY_ID.fullmatch(candidate) else None
+
+
 @dataclass(frozen=True)
 class AuditQuery:
-    key: str | None = None  # key id or ARN (matched against the recorded ARN)
+    #: Only events on this key. Events record the key's ARN, whatever name the request
+    #: used (id, ARN, alias), so a query by key id finds them all.
+    key_id: str | None = None
     since: datetime | None = None
 
 
@@ -55,7 +72,7 @@ def read_events(path: Path, query: AuditQuery = AuditQuery()) -> Iterator[dict[s
                 event = json.loads(line)
             except ValueError:
                 continue
-            if query.key and not str(event.get("key") or "").endswith(query.key):
+            if query.key_id and key_id_of(str(event.get("key") or "")) != query.key_id:
                 continue
             if query.since and datetime.fromisoformat(event["time"]) < query.since:
                 continue

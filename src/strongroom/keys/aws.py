@@ -12,8 +12,10 @@ were refused" and "the image is not approved".
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ import botocore.exceptions
 from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
+    ConfigError,
     CredentialError,
     InvalidInputError,
     NotFoundError,
@@ -299,46 +302,140 @@ class KmsKeyService:
 _session_lock = threading.Lock()
 _shared_session: boto3.session.Session | None = None
 
+#: botocore's failures that say the local AWS configuration is wrong, not a service.
+_CONFIG_FAILURES = (
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.ConfigParseError,
+    botocore.exceptions.ConfigNotFound,
+    botocore.exceptions.InvalidConfigError,
+)
+
 
 def botocore_failure(
     error: botocore.exceptions.BotoCoreError, service: str, *, not_running_hint: str | None
 ) -> StrongroomError:
-    """Our error for a botocore failure that is not an answer from ``service``."""
+    """Our error for a botocore failure that is not an answer from ``service``.
+
+    The one mapping of botocore's own failures, for every path that makes a
+    session, a client or a request: what is wrong with the local AWS
+    configuration (a profile that does not exist, partial credentials) is bad
+    input (exit 3) with what to change; an unreachable service is unavailable.
+    """
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return ServiceNotRunningError(
             f"cannot reach {service} at {error.kwargs.get('endpoint_url')}", hint=not_running_hint
         )
+    if isinstance(error, botocore.exceptions.ProfileNotFound):
+        return profile_not_found(str(error.kwargs.get("profile", "")))
     if isinstance(
         error, botocore.exceptions.NoCredentialsError | botocore.exceptions.NoRegionError
     ):
         return InvalidInputError(
             str(error), hint="configure AWS credentials and region (e.g. AWS_PROFILE, AWS_REGION)"
         )
+    if isinstance(error, _CONFIG_FAILURES):
+        return ConfigError(
+            f"the AWS configuration is not usable: {error}",
+            hint="fix the AWS_* variables or the AWS config and credentials files",
+        )
     return UnavailableError(f"{service} request failed: {error}")
 
 
-def boto_client(service_name: Literal["kms", "sts"], **kwargs: Any) -> Any:
-    """A boto3 client from one per-process boto3 session.
+def profile_not_found(profile: str) -> ConfigError:
+    """A stale ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``): name it, and the two ways out."""
+    variables = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+    variable = next((name for name in variables if os.environ.get(name) == profile), None)
+    create = f"create the profile (`aws configure --profile {profile}`)"
+    return ConfigError(
+        f"{variable or 'the AWS configuration'} names the AWS profile {profile!r}, which no "
+        "AWS config or credentials file defines",
+        hint=f"unset {variable}, or {create}" if variable else create,
+    )
 
-    Making a session loads botocore's models (~50 ms), too slow for every run;
-    sessions are not thread-safe, so clients are made under a lock. Each
-    client still carries its own credentials and endpoint.
+
+def _session() -> boto3.session.Session:
+    """The per-process boto3 session (call under ``_session_lock``).
+
+    Making a session loads botocore's models (~50 ms), too slow for every run.
+    botocore reads the profile while making it, so a stale ``AWS_PROFILE``
+    fails here, for every command that talks to a key service or STS.
     """
     global _shared_session
-    with _session_lock:
-        if _shared_session is None:
+    if _shared_session is None:
+        try:
             _shared_session = boto3.session.Session()
-        return _shared_session.client(service_name, **kwargs)
+        except botocore.exceptions.BotoCoreError as e:
+            raise botocore_failure(e, "AWS", not_running_hint=None) from e
+    return _shared_session
+
+
+def boto_client(service_name: Literal["kms", "sts"], **kwargs: Any) -> Any:
+    """A boto3 client from the one per-process boto3 session.
+
+    Sessions are not thread-safe, so clients are made under a lock. Each
+    client still carries its own credentials and endpoint.
+    """
+    with _session_lock:
+        session = _session()
+        try:
+            return session.client(service_name, **kwargs)
+        except botocore.exceptions.BotoCoreError as e:
+            raise botocore_failure(e, service_name.upper(), not_running_hint=None) from e
+
+
+@dataclass(frozen=True)
+class ChainCredentials:
+    """What the AWS credential chain found: the key pair, and where it came from."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    token: str | None = field(repr=False)
+    #: botocore's name of the provider that found them ("env", "shared-credentials-file", ...)
+    method: str
+
+
+#: The chain's providers that ask a metadata service (EC2 IMDS, ECS/EKS): slow to time
+#: out off AWS, and never holding a local workspace identity's keys.
+METADATA_PROVIDERS = ("container-role", "iam-role")
+
+
+def chain_credentials(*, metadata_services: bool = True) -> ChainCredentials | None:
+    """What botocore's default credential chain finds (None: nothing), as botocore
+    resolves it: the AWS_* variables, AWS_PROFILE and the config and credentials
+    files, credential_process, SSO; without ``metadata_services``, not EC2's or a
+    container's metadata service."""
+    import botocore.credentials
+
+    with _session_lock:
+        session = _session()
+        try:
+            resolver = botocore.credentials.create_credential_resolver(session._session)
+            if not metadata_services:
+                for name in METADATA_PROVIDERS:
+                    resolver.remove(name)
+            found = resolver.load_credentials()
+            frozen = None if found is None else found.get_frozen_credentials()
+        except botocore.exceptions.BotoCoreError as e:
+            raise botocore_failure(e, "the AWS credential chain", not_running_hint=None) from e
+    if frozen is None or not frozen.access_key:
+        return None
+    return ChainCredentials(
+        access_key_id=frozen.access_key,
+        secret_access_key=frozen.secret_key or "",
+        token=frozen.token,
+        method=str(getattr(found, "method", "") or "unknown"),
+    )
 
 
 def default_credentials() -> Any:
     """What boto3's default credential chain finds (None if nothing), frozen."""
-    global _shared_session
     with _session_lock:
-        if _shared_session is None:
-            _shared_session = boto3.session.Session()
-        found = _shared_session.get_credentials()
-    return None if found is None else found.get_frozen_credentials()
+        session = _session()
+        try:
+            found = session.get_credentials()
+            return None if found is None else found.get_frozen_credentials()
+        except botocore.exceptions.BotoCoreError as e:
+            raise botocore_failure(e, "the AWS credential chain", not_running_hint=None) from e
 
 
 def _client(**kwargs: Any) -> Any:

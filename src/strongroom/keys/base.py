@@ -18,12 +18,13 @@ invalid ciphertext, ``UnavailableError`` when the service cannot be reached).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from strongroom.errors import StrongroomError, TamperedError
+from strongroom.errors import InvalidInputError, StrongroomError, TamperedError
 
 #: The only key-encryption algorithm KMS supports for a Recipient.
 RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
@@ -66,6 +67,34 @@ class KeyMetadata:
     rotation_enabled: bool = False
     key_spec: str = "SYMMETRIC_DEFAULT"
     key_usage: str = "ENCRYPT_DECRYPT"
+
+
+MAX_ALIAS_NAME = 256
+#: KMS's alias names: ASCII letters, digits, '/', '_' and '-' after "alias/".
+_ALIAS_NAME = re.compile(r"alias/[a-zA-Z0-9/_-]+", re.ASCII)
+_RESERVED_ALIAS_PREFIX = "alias/aws/"
+
+
+class AliasNameError(InvalidInputError):
+    pass
+
+
+def check_alias_name(name: str) -> None:
+    """KMS's rule, to the letter: lookalike Unicode letters would make aliases that
+    read the same and name different keys. The key service applies it; a client may
+    too, before it creates anything that the alias was meant to name."""
+    shown = ascii(name[:64])
+    if len(name) > MAX_ALIAS_NAME or name.startswith(_RESERVED_ALIAS_PREFIX):
+        raise AliasNameError(
+            f"invalid alias name {shown}",
+            hint=f"at most {MAX_ALIAS_NAME} characters, not starting with "
+            f"'{_RESERVED_ALIAS_PREFIX}'",
+        )
+    if not _ALIAS_NAME.fullmatch(name):
+        raise AliasNameError(
+            f"invalid alias name {shown}",
+            hint="alias names are 'alias/' followed by ASCII letters, digits, '/', '_' and '-'",
+        )
 
 
 @dataclass(frozen=True)

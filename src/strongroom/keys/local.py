@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,6 +48,7 @@ from strongroom.keys import ciphertext
 from strongroom.keys.base import (
     RECIPIENT_ALGORITHM,
     Alias,
+    AliasNameError,
     DataKey,
     Decrypted,
     EncryptionContext,
@@ -58,6 +58,7 @@ from strongroom.keys.base import (
     KeyStateError,
     RandomBytes,
     Recipient,
+    check_alias_name,
 )
 from strongroom.keys.store import KeyRecord, KeyStore
 from strongroom.policy import Decision, PolicyDocument, RequestContext, evaluate
@@ -65,10 +66,6 @@ from strongroom.policy import Decision, PolicyDocument, RequestContext, evaluate
 MAX_PLAINTEXT = 4096
 MAX_DATA_KEY_BYTES = 1024
 MIN_PENDING_DAYS, MAX_PENDING_DAYS = 7, 30
-MAX_ALIAS_NAME = 256
-#: KMS's alias names: ASCII letters, digits, '/', '_' and '-' after "alias/".
-_ALIAS_NAME = re.compile(r"alias/[a-zA-Z0-9/_-]+", re.ASCII)
-_RESERVED_ALIAS_PREFIX = "alias/aws/"
 
 #: Verifies a Recipient attestation document (see :mod:`strongroom.attestation.service`).
 RecipientVerifier = Callable[[bytes], RecipientAttestation]
@@ -373,7 +370,7 @@ class LocalKeyService:
         return [self._metadata(r) for r in self.store.list(self.caller.account_id)]
 
     def create_alias(self, alias_name: str, key_id: str) -> None:
-        _check_alias_name(alias_name)
+        check_alias_name(alias_name)
         record = self._resolve(key_id)
         if record.account_id != self.caller.account_id:
             raise AccessDeniedError("an alias must be created in the key's own account")
@@ -383,7 +380,7 @@ class LocalKeyService:
         self.store.set_alias(self.caller.account_id, alias_name, record.key_id)
 
     def delete_alias(self, alias_name: str) -> None:
-        _check_alias_name(alias_name)
+        check_alias_name(alias_name)
         record = self._by_alias(self.caller.account_id, alias_name)
         self._authorize("DeleteAlias", record)
         self.store.set_alias(self.caller.account_id, alias_name, None)
@@ -623,30 +620,9 @@ class PolicyLockoutError(InvalidInputError):
     """A policy would lock its author out of the key."""
 
 
-class AliasNameError(InvalidInputError):
-    pass
-
-
-def _check_alias_name(name: str) -> None:
-    """KMS's rule, to the letter: lookalike Unicode letters would make aliases that
-    read the same and name different keys."""
-    shown = ascii(name[:64])
-    if len(name) > MAX_ALIAS_NAME or name.startswith(_RESERVED_ALIAS_PREFIX):
-        raise AliasNameError(
-            f"invalid alias name {shown}",
-            hint=f"at most {MAX_ALIAS_NAME} characters, not starting with "
-            f"'{_RESERVED_ALIAS_PREFIX}'",
-        )
-    if not _ALIAS_NAME.fullmatch(name):
-        raise AliasNameError(
-            f"invalid alias name {shown}",
-            hint="alias names are 'alias/' followed by ASCII letters, digits, '/', '_' and '-'",
-        )
-
-
 def _check_size(name: str, value: int, maximum: int) -> None:
     if not 1 <= value <= maximum:
         raise InvalidInputError(f"{name} must be between 1 and {maximum}, got {value}")
 
 
-__all__ = ["AuditInfo", "Caller", "LocalKeyService", "default_policy"]
+__all__ = ["AliasNameError", "AuditInfo", "Caller", "LocalKeyService", "default_policy"]

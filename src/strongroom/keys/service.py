@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the server and boto3 are imported where used: `run` needs n
     from strongroom.keys.aws import KmsKeyService
     from strongroom.keys.local import RecipientVerifier
     from strongroom.keys.server import KmsApplication
+    from strongroom.keys.signer import Signer
 
 KIND = "keys"
 NAME = "keyservice"
@@ -216,13 +217,25 @@ def _require_local(ws: Workspace) -> None:
         )
 
 
-def endpoint_url(ws: Workspace) -> str:
-    """Where clients reach the workspace's key service (running or configured)."""
+def listen_address(ws: Workspace) -> str:
+    """Where the key service listens (``HOST:PORT`` or ``unix:PATH``): where the running
+    service says it does (``keys serve --listen``, in the foreground or detached), else
+    the workspace's ``keys.listen``.
+
+    Everything that points something at the key service asks this, and nothing
+    reads ``keys.listen`` itself: ``env``'s exports, the egress proxy's ``kms``
+    destination, the enclave's key-service forwarder and ``run``.
+    """
     rec = running(ws)
     if rec is not None:
-        return rec.addresses["endpoint"]
-    host_port = ws.config.kms_listen
-    return host_port if host_port.startswith("unix:") else f"http://{host_port}"
+        return rec.addresses["endpoint"].removeprefix("http://")
+    return ws.config.kms_listen
+
+
+def endpoint_url(ws: Workspace) -> str:
+    """Where clients reach the workspace's key service (running or configured)."""
+    address = listen_address(ws)
+    return address if address.startswith("unix:") else f"http://{address}"
 
 
 def local_endpoint(ws: Workspace) -> str:
@@ -238,20 +251,47 @@ def local_endpoint(ws: Workspace) -> str:
     return endpoint
 
 
-def connect(ws: Workspace, *, identity: str = "vendor") -> KmsKeyService:
-    """The KeyService a command of this workspace should use, acting as ``identity``."""
+def check_enclave_reaches(ws: Workspace, enclave: str, reaches: str | None) -> None:
+    """Refuse a run in an enclave whose key-service forwarder leads elsewhere than where
+    the key service runs now (it was started before the key service moved).
+
+    The forwarder's destination is fixed when the enclave starts (recorded as
+    its ``key_service`` address); without this, the run would fail inside the
+    enclave with a 502 from the egress proxy. ``reaches`` None: an enclave that
+    recorded nothing (started by an older version), or no forwarder at all.
+    """
+    if reaches is None or running(ws) is None:
+        return
+    where = listen_address(ws)
+    if reaches != where:
+        raise UnavailableError(
+            f"enclave {enclave!r} reaches the key service at {reaches}, but it runs at {where}",
+            hint=f"restart the enclave (`strongroom enclave stop {enclave}`, then "
+            f"`strongroom enclave start IMAGE --name {enclave}`), or serve the key service "
+            f"at {reaches} (`strongroom keys serve --listen {reaches}`)",
+        )
+
+
+def connect(ws: Workspace, signer: Signer | None = None) -> KmsKeyService:
+    """The KeyService a command of this workspace should use, signed for by ``signer``.
+
+    The CLI's commands get ``signer`` from :func:`strongroom.keys.signer.choose`
+    (the one identity rule); without one (library callers, tests), the
+    vendor identity signs on the local target.
+    """
     from strongroom.keys.aws import KmsKeyService
 
     config = ws.config
     if config.target == "aws":
         # AWS: the standard credential chain decides who we are.
         return KmsKeyService.connect(region=config.region)
-    endpoint = local_endpoint(ws)
-    ident = ws.identity(identity)
+    identity = signer.identity if signer is not None else None
+    if identity is None:
+        identity = ws.identity("vendor")
     return KmsKeyService.connect(
         region=config.region,
-        endpoint_url=endpoint,
-        access_key_id=ident.access_key_id,
-        secret_access_key=ident.secret_access_key,
+        endpoint_url=local_endpoint(ws),
+        access_key_id=identity.access_key_id,
+        secret_access_key=identity.secret_access_key,
         not_running_hint=NOT_RUNNING_HINT,
     )
