@@ -552,14 +552,13 @@ def _key_id(ws: Workspace, key: str, identity: str | None) -> str:
     direct = key_id_of(key)
     if direct is not None:
         return direct
-    name = key if key.startswith(("alias/", "arn:")) else f"alias/{key}"
     try:
-        return key_service(ws, identity).describe_key(name).key_id
+        return key_service(ws, identity).describe_key(key).key_id
     except NotFoundError:
         raise NotFoundError(
-            f"no key has the alias {key} in this identity's account",
-            hint="see `strongroom keys list` (aliases are per account: --as host looks in "
-            "the host's)",
+            f"no key is named {key} in this identity's account",
+            hint="name a key id, key ARN, alias/NAME or alias ARN; see `strongroom keys list` "
+            "(aliases are per account: --as host looks in the host's)",
         ) from None
 
 
