@@ -20,8 +20,8 @@ explicit ``--as`` that differs from it, or credentials that are nobody's in
 the workspace), :attr:`Signer.note` says so in one line, which the CLI prints
 on stderr: a command never acts as another principal than the shell's
 without saying it. Knowing an identity's access key id is not enough to be
-taken for it: the secret must match too (else the request is refused, as the
-key service would refuse it).
+taken for it: the secret must match too (else, without ``--as``, the command
+is refused, as the key service would refuse those credentials).
 
 On the local target the chain's metadata-service providers (EC2, containers)
 are skipped: they time out slowly off AWS and never hold a workspace key.
@@ -87,32 +87,34 @@ def choose(ws: Workspace, requested: str | None, *, default: str) -> Signer:
             )
         return Signer(identity=None, reason="environment")
     found = chain_credentials(metadata_services=False)
-    named = None if found is None else _identity_of(ws, found)
+    named = None if found is None else _identity_of(ws, found, refuse_impostor=not requested)
     reason: Reason = "--as" if requested else "environment" if named else "default"
     identity = ws.identity(requested or named or default)
     return Signer(identity, reason, environment=found, environment_identity=named)
 
 
-def _identity_of(ws: Workspace, found: ChainCredentials) -> str | None:
+def _identity_of(ws: Workspace, found: ChainCredentials, *, refuse_impostor: bool) -> str | None:
     """The workspace identity whose key pair ``found`` is (None: nobody's).
 
-    An identity's access key id with another secret is refused here: it is
-    nobody's credentials, and signing for it with the identity's real secret
-    would act as a principal the environment cannot prove to be.
+    An identity's access key id with another secret is nobody's credentials.
+    When they would decide who signs (no ``--as``), they are refused: signing
+    for them with the identity's real secret would act as a principal the
+    environment cannot prove to be, where the aws CLI would be refused.
     """
     for identity in ws.identities():
         if identity.access_key_id != found.access_key_id:
             continue
-        if not hmac.compare_digest(
+        if hmac.compare_digest(
             identity.secret_access_key.encode(), found.secret_access_key.encode()
         ):
+            return identity.name
+        if refuse_impostor:
             raise CredentialError(
                 f"the environment's AWS access key ({describe_source(found)}) is the "
                 f"{identity.name}'s, but its secret key is not",
                 hint=f'set both from `eval "$(strongroom env --as {identity.name})"`, or '
                 'clear them with `eval "$(strongroom env --unset)"`',
             )
-        return identity.name
     return None
 
 
