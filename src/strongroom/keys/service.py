@@ -266,9 +266,11 @@ def check_enclave_reaches(ws: Workspace, enclave: str, reaches: str | None) -> N
     if reaches != where:
         raise UnavailableError(
             f"enclave {enclave!r} reaches the key service at {reaches}, but it runs at {where}",
-            hint=f"restart the enclave (`strongroom enclave stop {enclave}`, then "
-            f"`strongroom enclave start IMAGE --name {enclave}`), or serve the key service "
-            f"at {reaches} (`strongroom keys serve --listen {reaches}`)",
+            hint=f"an enclave's way to the key service is fixed when it starts: restart it "
+            f"(`strongroom enclave stop {enclave}`, `strongroom enclave start IMAGE --name "
+            f"{enclave}`) and the egress proxy (`strongroom proxy stop`, `strongroom proxy "
+            f"start`), or serve the key service at {reaches} again (`strongroom keys serve "
+            f"--listen {reaches}`)",
         )
 
 
