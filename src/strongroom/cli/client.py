@@ -297,8 +297,9 @@ def _check_key_service_reach(ws: Workspace, name: str) -> None:
     from strongroom.enclave import runtime_for
     from strongroom.keys.service import check_enclave_reaches
 
-    (status,) = runtime_for(ws).status(name, probe=False)
-    check_enclave_reaches(ws, name, status.addresses.get("key_service"))
+    statuses = [s for s in runtime_for(ws).status(probe=False) if s.name == name]
+    reaches = statuses[0].addresses.get("key_service") if statuses else None
+    check_enclave_reaches(ws, name, reaches)
 
 
 def _sha256(path: Path) -> str:
