@@ -295,6 +295,7 @@ class StandInEnclave:
         self.run_bodies: list[bytes] = []
         app = Starlette(
             routes=[
+                Route("/v1/files/stat", self.stat, methods=["GET"]),
                 Route("/v1/files/content", self.content, methods=["GET"]),
                 Route("/v1/files/checksum", self.checksum, methods=["GET"]),
                 Route("/v1/runs", self.run, methods=["POST"]),
@@ -328,6 +329,13 @@ class StandInEnclave:
         offset = int(request.query_params.get("offset", 0))
         length = int(request.query_params.get("length", len(self.files[path])))
         return Response(self.files[path][offset : offset + length])
+
+    async def stat(self, request: Request) -> Response:
+        path = request.query_params["path"]
+        if path not in self.files:
+            return self._missing(path)
+        size = len(self.files[path])
+        return JSONResponse({"path": path, "type": "file", "size": size, "mode": 0o644, "mtime": 0})
 
     async def checksum(self, request: Request) -> Response:
         path = request.query_params["path"]

@@ -667,7 +667,7 @@ def test_no_manifest_means_the_safe_defaults() -> None:
         check_host_request(None, entry="main.py", env=["X"])
     manifest = parse(FULL)
     check_host_request(manifest, entry="main.py", env=["CLASSIFIER_THREADS"])
-    with pytest.raises(NotFoundError, match="no entry 'other.py'"):
+    with pytest.raises(NotFoundError, match=r"no entry 'other\.py'"):
         check_host_request(manifest, entry="other.py", env=[])
     with pytest.raises(UsageError, match="'HOME'"):
         check_host_request(manifest, entry="main.py", env=["HOME"])
