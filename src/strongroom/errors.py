@@ -63,6 +63,20 @@ class PathEscapeError(InvalidInputError):
     """A path tried to leave the shared folder (``..``, a symlink, NUL)."""
 
 
+class InsufficientSpaceError(InvalidInputError):
+    """What is to be written does not fit in the space left (the enclave's shared folder).
+
+    Exit code 3, like any request that cannot be carried out as asked: the
+    shared folder is a fixed-size slice of the enclave's memory, so retrying
+    the same request will not help; removing files or a larger enclave will.
+    """
+
+    default_hint = (
+        "remove what is no longer needed (`strongroom rm -r PATH`), "
+        "or start the enclave with more --memory"
+    )
+
+
 class ConfigError(InvalidInputError):
     """The workspace configuration is missing or malformed."""
 

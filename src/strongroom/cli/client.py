@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -37,6 +37,10 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.workspace import Workspace
+
+if TYPE_CHECKING:  # at run time, imported by the commands that use them
+    from strongroom.client.ledger import PulledFile
+    from strongroom.client.transfer import PushItem
 
 #: Where `run` puts a local sealed package (the runbook's ~/synced/encrypted).
 ENCRYPTED_DIR = "/encrypted"
@@ -79,67 +83,121 @@ def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
     )
 
 
-def _local_files(sources: tuple[Path, ...]) -> list[tuple[Path, PurePosixPath]]:
-    """(local file, path relative to the destination) for every file to push.
-
-    A symlink or special file, given or inside a directory, refuses the push
-    (see :mod:`strongroom.client.transfer`).
-    """
-    from strongroom.client.transfer import local_files
-
-    return local_files(sources)
-
-
 @click.command("push")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, allow_dash=True))
 @click.argument("remote")
 @enclave_option
 @pass_app
 def push_command(
-    app: AppContext, sources: tuple[Path, ...], remote: str, enclave_name: str | None
+    app: AppContext, sources: tuple[str, ...], remote: str, enclave_name: str | None
 ) -> None:
-    """Copy local files or directories into the enclave's shared folder.
+    """Copy local files or directories into the enclave's shared folder, as `cp -r` does.
 
     \b
-    REMOTE is a directory of the shared folder (created if missing); a single
-    file may also be pushed to a new file name. Every file is checksummed on
-    both sides; an interrupted push never leaves a truncated file behind.
-    Only regular files are sent: a symlink (given, or inside a directory)
-    refuses the push; name what it points to instead.
+    A file goes into REMOTE when REMOTE is a directory (or ends with /: it is
+    then created), else becomes REMOTE. A directory DIR lands as REMOTE/DIR/...
+    when REMOTE is a directory, else REMOTE becomes the copy (DIR/. copies its
+    contents). Several sources need a directory. `-` reads standard input
+    into the file REMOTE. Nothing is sent when the files do not fit in the
+    shared folder's free space. Every file is checksummed on both sides; an
+    interrupted push never leaves a truncated file behind. Only regular files
+    are sent: a symlink (given, or inside a directory) refuses the push.
 
     \b
     Example:
       strongroom push examples/host-dataset/digits.csv /dataset/
+      strongroom push ./dataset /             # -> /dataset/...
+      gunzip -c rows.csv.gz | strongroom push - /dataset/rows.csv
     """
-    files = _local_files(sources)
-    single_target = len(files) == 1 and sources[0].is_file() and not remote.endswith("/")
+    from strongroom.client.transfer import STDIO, plan_push
+
+    if STDIO in sources:
+        if len(sources) > 1:
+            raise UsageError("- (standard input) is one source; push it alone")
+        _push_stdin(app, remote, enclave_name)
+        return
     with connect_enclave(app.workspace(), enclave_name) as enclave:
-        if single_target:
-            with contextlib.suppress(NotFoundError):
-                if enclave.stat(remote).type == "dir":
-                    single_target = False
-        total = sum(p.stat().st_size for p, _ in files)
+        plan = plan_push(enclave, sources, remote)
+        total = sum(item.size for item in plan)
+        _check_space(enclave, [item.size for item in plan])
         started = time.monotonic()
-        targets = [
-            (local, remote if single_target else str(PurePosixPath(remote) / rel))
-            for local, rel in files
-        ]
-        for parent in sorted({str(PurePosixPath(t).parent) for _, t in targets} - {"/"}):
+        for parent in sorted({str(PurePosixPath(i.remote).parent) for i in plan} - {"/"}):
             enclave.mkdir(parent, parents=True)
         with byte_progress("push", total, enabled=not app.json) as advance:
 
-            def push_one(item: tuple[Path, str]) -> dict[str, Any]:
-                local, target = item
-                digest = enclave.upload(local, target, progress=advance)
+            def push_one(item: PushItem) -> dict[str, Any]:
+                digest = enclave.upload(item.local, item.remote, progress=advance)
                 return {
-                    "local": str(local),
-                    "remote": target,
+                    "local": str(item.local),
+                    "remote": item.remote,
                     "sha256": digest,
-                    "size": local.stat().st_size,
+                    "size": item.size,
                 }
 
-            done = _in_parallel(push_one, targets)
+            done = _in_parallel(push_one, plan)
     _summary(app, "pushed", done, total, time.monotonic() - started)
+
+
+def _check_space(enclave: EnclaveClient, sizes: list[int]) -> None:
+    """Refuse a push that cannot fit, before a byte is sent.
+
+    The shared folder is a fixed slice of enclave memory. A file that
+    replaces one of the same name needs its whole size too: it is written
+    beside the old one and renamed over it only once complete.
+    """
+    from strongroom.errors import InsufficientSpaceError
+
+    space = enclave.statfs()
+    needed = space.needed_bytes(sizes)
+    if needed > space.free_bytes:
+        raise InsufficientSpaceError(
+            f"push needs {_size(needed)} in enclave {enclave.name!r}'s shared folder, "
+            f"which has {_size(space.free_bytes)} free (of {_size(space.total_bytes)}); "
+            "nothing was sent"
+        )
+    if len(sizes) > space.files_free:
+        raise InsufficientSpaceError(
+            f"push creates {len(sizes)} files in enclave {enclave.name!r}'s shared folder, "
+            f"which has room for {space.files_free} more; nothing was sent"
+        )
+
+
+def _size(n: int) -> str:
+    """A byte count as people read it (binary units, as the free space is given)."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _push_stdin(app: AppContext, remote: str, enclave_name: str | None) -> None:
+    """``push - REMOTE``: standard input into the one file REMOTE."""
+    import os
+    import stat
+
+    from strongroom.client.transfer import remote_destination
+
+    source = sys.stdin.buffer
+    st = os.fstat(source.fileno())
+    size = st.st_size if stat.S_ISREG(st.st_mode) else None  # a redirected file: known
+    with connect_enclave(app.workspace(), enclave_name) as enclave:
+        if remote_destination(enclave, remote).directory:
+            raise UsageError(
+                f"push - (standard input) needs a file name, and {remote} is a directory",
+                hint=f"name the file, e.g. strongroom push - {remote.rstrip('/')}/data.csv",
+            )
+        if size is not None:
+            _check_space(enclave, [size])
+        parent = str(PurePosixPath(remote).parent)
+        if parent != "/":
+            enclave.mkdir(parent, parents=True)
+        started = time.monotonic()
+        with byte_progress("push", size, enabled=not app.json) as advance:
+            sent, digest = enclave.upload_stream(source, remote, size=size, progress=advance)
+    done = [{"local": "-", "remote": remote, "sha256": digest, "size": sent}]
+    _summary(app, "pushed", done, sent, time.monotonic() - started)
 
 
 def _in_parallel(work: Callable[[T], dict[str, Any]], items: list[T]) -> list[dict[str, Any]]:
@@ -169,14 +227,20 @@ def _summary(
 
 @click.command("pull")
 @click.argument("remotes", nargs=-1, required=True)
-@click.argument("local", type=click.Path(path_type=Path))
+@click.argument("local")
 @enclave_option
 @pass_app
 def pull_command(
-    app: AppContext, remotes: tuple[str, ...], local: Path, enclave_name: str | None
+    app: AppContext, remotes: tuple[str, ...], local: str, enclave_name: str | None
 ) -> None:
-    """Copy files or directories out of the enclave's shared folder.
+    """Copy files or directories out of the enclave's shared folder, as `cp -r` does.
 
+    \b
+    A file goes into LOCAL when LOCAL is a directory (or ends with /: it is
+    then created), else becomes LOCAL. A directory /out lands as LOCAL/out/...
+    when LOCAL is a directory, else LOCAL becomes the copy (/out/. copies its
+    contents). Several sources need a directory. `-` as LOCAL writes one file
+    to standard output (and nothing else there).
     \b
     Each file is written under a temporary name and renamed into place only
     once its SHA-256 matches the enclave's. Every name the enclave lists must
@@ -186,29 +250,72 @@ def pull_command(
 
     \b
     Example:
-      strongroom pull /output ./results
+      strongroom pull /output ./results        # ./results/... (or ./results/output/...)
+      strongroom pull /dataset/big.bin ./dir/  # ./dir/big.bin
+      strongroom pull /output/metrics.json - | jq .accuracy
     """
-    from strongroom.client.transfer import PullItem, check_destination, plan_pull
+    from strongroom.client.ledger import PulledFile
+    from strongroom.client.transfer import STDIO, PullItem, check_destination, plan_pull
 
-    with connect_enclave(app.workspace(), enclave_name) as enclave:
+    ws = app.workspace()
+    if local == STDIO:
+        _pull_stdout(app, ws, remotes, enclave_name)
+        return
+    fetched: list[PulledFile] = []
+    with connect_enclave(ws, enclave_name) as enclave:
         # the whole listing is validated, and LOCAL checked, before anything is written
         plan = plan_pull(enclave, remotes, local)
         check_destination([item.target for item in plan])
         total = sum(item.size for item in plan)
         started = time.monotonic()
-        with byte_progress("pull", total, enabled=not app.json) as advance:
+        try:
+            with byte_progress("pull", total, enabled=not app.json) as advance:
 
-            def pull_one(item: PullItem) -> dict[str, Any]:
-                digest = enclave.download(item.remote, item.target, progress=advance)
-                return {
-                    "remote": item.remote,
-                    "local": str(item.target.path),
-                    "sha256": digest,
-                    "size": item.size,
-                }
+                def pull_one(item: PullItem) -> dict[str, Any]:
+                    digest = enclave.download(item.remote, item.target, progress=advance)
+                    fetched.append(PulledFile(item.remote, item.size, item.mtime))
+                    return {
+                        "remote": item.remote,
+                        "local": str(item.target.path),
+                        "sha256": digest,
+                        "size": item.size,
+                    }
 
-            done = _in_parallel(pull_one, plan)
+                done = _in_parallel(pull_one, plan)
+        finally:
+            _record_pulled(ws, enclave.name, fetched)
     _summary(app, "pulled", done, total, time.monotonic() - started)
+
+
+def _pull_stdout(
+    app: AppContext, ws: Workspace, remotes: tuple[str, ...], enclave_name: str | None
+) -> None:
+    """``pull REMOTE -``: one regular file's bytes to standard output, nothing else there."""
+    from strongroom.client.ledger import PulledFile
+    from strongroom.client.transfer import plan_stdout
+
+    if app.json:
+        raise UsageError(
+            "--json prints to standard output, where `pull REMOTE -` writes the file",
+            hint="leave out --json, or pull into a file",
+        )
+    with connect_enclave(ws, enclave_name) as enclave:
+        entry = plan_stdout(enclave, remotes)
+        with byte_progress("pull", entry.size, enabled=True) as advance:
+            enclave.download_to(entry.path, sys.stdout.buffer, progress=advance)
+        _record_pulled(ws, enclave.name, [PulledFile(entry.path, entry.size, entry.mtime)])
+
+
+def _record_pulled(ws: Workspace, name: str, files: list[PulledFile]) -> None:
+    """Remember what a pull fetched, for `enclave stop` (see :mod:`strongroom.client.ledger`)."""
+    from strongroom.client import ledger
+    from strongroom.enclave import runtime_for
+
+    if not files:
+        return
+    statuses = runtime_for(ws).status(name, probe=False)
+    if statuses:
+        ledger.record(ws, name, statuses[0].enclave_id, files)
 
 
 @click.command("ls")

@@ -212,7 +212,10 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
     """Stop an enclave (or --all): nothing of it keeps running, its record is removed.
 
     Stopping an enclave that already died removes its record (and whatever it
-    left behind).
+    left behind). The shared folder goes with the enclave: files in /output
+    that no `strongroom pull` fetched (or that changed since) are named in a
+    warning on stderr; the enclave is stopped all the same. An enclave that
+    does not list /output within 2 s is stopped without the check.
 
     \b
     Examples:
@@ -234,6 +237,7 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
         name = known[0] if known else None
         if name is None:
             raise NotFoundError("no enclave to stop", hint="see `strongroom enclave status`")
+    _warn_unpulled(app.workspace(), runtime.status(name, probe=False))
     stopped = runtime.stop(name)
 
     def render() -> None:
@@ -247,6 +251,16 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
             )
 
     emit(app, [s.to_json() for s in stopped], render)
+
+
+def _warn_unpulled(ws: Workspace, statuses: list[EnclaveStatus]) -> None:
+    """One warning line per enclave whose /output holds files never pulled."""
+    from rich.markup import escape
+
+    from strongroom.client import ledger
+
+    for enclave, paths in sorted(ledger.check_before_stop(ws, statuses).items()):
+        err.print(f"[yellow]warning:[/] {escape(ledger.warning_line(enclave, paths))}")
 
 
 @enclave_group.command("logs")

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from strongroom import errors
 from strongroom.client.transfer import LocalTarget, open_local_file, write_confined
@@ -87,6 +87,45 @@ class RemoteEntry:
                     f"the enclave answered a malformed file entry: {name} is {value!r}"
                 )
         return cls(raw["path"], raw["type"], raw["size"], raw["mode"], float(raw["mtime"]))
+
+
+_SPACE_FIELDS = ("block_size", "blocks", "blocks_free", "files", "files_free")
+
+
+@dataclass(frozen=True)
+class FolderSpace:
+    """The shared folder's filesystem as ``/v1/files/statfs`` describes it."""
+
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    files_free: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.blocks * self.block_size
+
+    @property
+    def free_bytes(self) -> int:
+        return self.blocks_free * self.block_size
+
+    def needed_bytes(self, sizes: Iterable[int]) -> int:
+        """What files of ``sizes`` take on this filesystem: whole blocks each."""
+        return sum(-(-size // self.block_size) * self.block_size for size in sizes)
+
+    @classmethod
+    def from_json(cls, raw: object) -> FolderSpace:
+        checked: dict[str, int] = {}
+        for name in _SPACE_FIELDS:
+            value = raw.get(name) if isinstance(raw, dict) else None
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise errors.InvalidInputError(f"the enclave answered a malformed statfs: {raw!r}")
+            checked[name] = value
+        space = cls(**checked)
+        if space.block_size == 0:
+            raise errors.InvalidInputError("the enclave answered a block size of 0")
+        return space
 
 
 def _error_from(response: Response) -> StrongroomError:
@@ -277,3 +316,80 @@ class EnclaveClient:
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)
+
+    # --- streams and space (push -, pull -, cat, push's free-space check) ---
+    # Built on ``_call``/``_http`` like the methods above; they add, and change
+    # nothing of, what the others do.
+
+    def statfs(self) -> FolderSpace:
+        """Sizes of the shared folder's filesystem (a fixed slice of enclave memory)."""
+        return FolderSpace.from_json(self._call("GET", "/v1/files/statfs"))
+
+    def download_to(self, remote: str, sink: BinaryIO, *, progress: Callable[[int], None]) -> str:
+        """Stream ``remote`` into ``sink`` (standard output, for ``cat`` and ``pull -``).
+
+        The bytes go out as they come, so there is nothing to rename: the
+        SHA-256 is compared at the end, and a mismatch raises
+        :class:`TamperedError` after the bytes were written.
+        """
+        digest = hashlib.sha256()
+        with (
+            self._channel(),
+            self._http.request("GET", "/v1/files/content", params={"path": remote}) as response,
+        ):
+            if response.status >= 400:
+                raise _error_from(response)
+            expected = response.header("x-sha256")
+            for chunk in response.iter_bytes():
+                sink.write(chunk)
+                digest.update(chunk)
+                progress(len(chunk))
+        sink.flush()
+        if expected is None:
+            expected = self.checksum(remote)
+        if expected != digest.hexdigest():
+            raise TamperedError(
+                f"{remote} arrived altered (the bytes written do not match the enclave's)",
+                hint="discard what was written and fetch it again",
+            )
+        return digest.hexdigest()
+
+    def upload_stream(
+        self,
+        source: BinaryIO,
+        remote: str,
+        *,
+        size: int | None,
+        progress: Callable[[int], None],
+    ) -> tuple[int, str]:
+        """Send what ``source`` yields (standard input) to ``remote``; ``(size, SHA-256)``.
+
+        ``size`` is announced when known (stdin redirected from a file), else
+        the body is chunked. The enclave writes it under a temporary name and
+        renames it into place only when complete, as for :meth:`upload`.
+        """
+        digest = hashlib.sha256()
+        sent = 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            while chunk := source.read(UPLOAD_CHUNK):
+                digest.update(chunk)
+                sent += len(chunk)
+                progress(len(chunk))
+                yield chunk
+
+        headers = {} if size is None else {"content-length": str(size)}
+        result = self._call(
+            "PUT",
+            "/v1/files/content",
+            params={"path": remote, "truncate": "true"},
+            body=body(),
+            headers=headers,
+        )
+        if result.get("sha256") != digest.hexdigest() or result.get("size") != sent:
+            raise TamperedError(
+                f"standard input arrived altered in the enclave as {remote}",
+                hint="the transfer was corrupted; push it again",
+            )
+        return sent, digest.hexdigest()

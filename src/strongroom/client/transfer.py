@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from strongroom.errors import InvalidInputError, UsageError
+from strongroom._internal.services import process_start_time
+from strongroom.errors import InvalidInputError, NotFoundError, UsageError
 
 #: Longest file name (in bytes) Linux accepts, and the longest path the server does.
 NAME_MAX = 255
@@ -65,6 +68,8 @@ class Entry(Protocol):
     def type(self) -> str: ...
     @property
     def size(self) -> int: ...
+    @property
+    def mtime(self) -> float: ...
 
 
 class Lister(Protocol):
@@ -145,6 +150,8 @@ class PullItem:
     remote: str
     target: LocalTarget
     size: int
+    #: As listed: with the size, what tells a file pulled from one rewritten since.
+    mtime: float = 0.0
 
 
 def _entry(entry: Entry, *, asked: str | None = None) -> tuple[str, ...]:
@@ -158,22 +165,72 @@ def _entry(entry: Entry, *, asked: str | None = None) -> tuple[str, ...]:
     return parts
 
 
-def plan_pull(enclave: Lister, remotes: Sequence[str], local: Path) -> list[PullItem]:
+#: LOCAL or REMOTE spelled ``-``: standard output for pull, standard input for push.
+STDIO = "-"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the user asked a copy to go, read as ``cp -r`` reads it.
+
+    ``directory``: the copy goes *into* it -- it exists as a directory
+    (through a link: the user's choice), or is spelled with a trailing ``/``
+    (then it is created if missing). Otherwise a single file becomes it, and a
+    single directory is copied *as* it (it must not exist as a file).
+    """
+
+    typed: str
+    exists: bool
+    directory: bool
+
+    @classmethod
+    def local(cls, typed: str | Path) -> Destination:
+        path = Path(typed)
+        spelled = str(typed).endswith("/")
+        return cls(str(typed), path.exists() or path.is_symlink(), path.is_dir() or spelled)
+
+    def require_directory(self, sources: int, *, side: str) -> None:
+        """Several sources need a directory to go into, as for ``cp``."""
+        if sources > 1 and not self.directory:
+            raise UsageError(
+                f"{self.typed}: {sources} sources need a directory destination, "
+                f"and {self.typed} {'is a file' if self.exists else 'does not exist'}",
+                hint=f"name an existing {side} directory, or end it with / to have it created",
+            )
+
+
+def copies_contents(typed: str) -> bool:
+    """Whether a source spelled ``dir/.`` (or ``.``) means its contents, as ``cp -r`` does."""
+    return typed == "." or typed.endswith("/.")
+
+
+def plan_pull(enclave: Lister, remotes: Sequence[str], local: str | Path) -> list[PullItem]:
     """Every file to pull and where it goes; refuses the whole pull on a hostile answer.
 
-    As ``cp -r``: a directory ``/out`` lands as ``LOCAL/out/...`` (the root
-    ``/`` as ``LOCAL/...``); a single file lands as ``LOCAL`` itself unless
-    ``LOCAL`` is a directory or several remotes are named. Symlinks and other
-    non-files in the shared folder are listed by the enclave but not pulled.
+    As ``cp -r`` (:class:`Destination`): a directory ``/out`` lands as
+    ``LOCAL/out/...`` when LOCAL is a directory, else LOCAL becomes the copy
+    (``LOCAL/...``); ``/out/.`` and the root ``/`` always land as
+    ``LOCAL/...``. A single file lands in LOCAL when LOCAL is a directory,
+    else as LOCAL itself. Symlinks and other non-files in the shared folder
+    are listed by the enclave but not pulled.
     """
-    into_directory = local.is_dir() or len(remotes) > 1
+    destination = Destination.local(local)
+    destination.require_directory(len(remotes), side="local")
+    into = destination.directory or len(remotes) > 1
+    root = Path(local)
     plan: list[PullItem] = []
     visited = 0
     for remote in remotes:
         entry = enclave.stat(remote)
         parts = _entry(entry, asked=remote)
         if entry.type == "dir":
-            base = parts[-1:]  # "/" has no name of its own
+            if destination.exists and not destination.directory:
+                raise UsageError(
+                    f"cannot copy the directory {entry.path} onto the file {local}",
+                    hint="name a directory (existing, or new) as LOCAL",
+                )
+            # "/" has no name of its own; "/out/." means the contents of /out
+            base = parts[-1:] if into and not copies_contents(remote) else ()
             stack: list[tuple[str, tuple[str, ...]]] = [(entry.path, base)]
             while stack:
                 listed, below = stack.pop()
@@ -190,13 +247,13 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: Path) -> list[Pull
                     if child.type == "dir":
                         stack.append((child.path, (*below, name)))
                     elif child.type == "file":
-                        target = LocalTarget(local, (*below, name))
-                        plan.append(PullItem(child.path, target, child.size))
+                        target = LocalTarget(root, (*below, name))
+                        plan.append(PullItem(child.path, target, child.size, child.mtime))
         elif entry.type == "file":
             if not parts:
                 raise _hostile(f"the enclave says its root {entry.path!r} is a file")
-            target = LocalTarget(local, parts[-1:]) if into_directory else LocalTarget.of(local)
-            plan.append(PullItem(entry.path, target, entry.size))
+            target = LocalTarget(root, parts[-1:]) if into else LocalTarget.of(root)
+            plan.append(PullItem(entry.path, target, entry.size, entry.mtime))
         else:
             raise InvalidInputError(
                 f"{entry.path} is a {entry.type}: pull copies files and directories only",
@@ -210,6 +267,23 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: Path) -> list[Pull
                 hint="pull them into different directories",
             )
     return plan
+
+
+def plan_stdout(enclave: Lister, remotes: Sequence[str]) -> Entry:
+    """The one regular file ``pull REMOTE -`` copies to standard output."""
+    if len(remotes) != 1:
+        raise UsageError(
+            f"pull to - (standard output) copies one file, not {len(remotes)}",
+            hint="pull them into a directory instead",
+        )
+    entry = enclave.stat(remotes[0])
+    _entry(entry, asked=remotes[0])
+    if entry.type != "file":
+        raise UsageError(
+            f"{entry.path} is a {entry.type}: pull to - (standard output) copies one regular file",
+            hint="pull a directory into a local directory instead",
+        )
+    return entry
 
 
 def _kind(mode: int) -> str:
@@ -274,6 +348,49 @@ def _open_directories(root: Path, parts: Sequence[str]) -> int:
     return fd
 
 
+#: A pull's temporary file: ``.strongroom-pull-<pid>-<start>-<random>.part``. The
+#: pid and its start time (clock ticks since boot) name the process that writes it,
+#: so a later pull can tell one left by a killed client (that process is gone) from
+#: one being written right now (it is not).
+_PARTIAL = re.compile(r"\.strongroom-pull-(\d{1,10})-(\d{1,20})-[0-9a-f]{16}\.part")
+_swept: set[tuple[int, int]] = set()
+_swept_lock = threading.Lock()
+
+
+def _partial_name() -> str:
+    pid = os.getpid()
+    return f".strongroom-pull-{pid}-{process_start_time(pid) or 0}-{secrets.token_hex(8)}.part"
+
+
+def is_stale_partial(name: str) -> bool:
+    """Whether ``name`` is a pull's temporary whose writer no longer runs."""
+    match = _PARTIAL.fullmatch(name)
+    if match is None:
+        return False
+    pid, started = int(match[1]), int(match[2])
+    return process_start_time(pid) != started
+
+
+def sweep_partials(dir_fd: int) -> list[str]:
+    """Remove what killed pulls left in this directory (once per directory and process).
+
+    Only names of the pattern above whose process is gone: a live pull's
+    temporary, or any other file, is never touched.
+    """
+    st = os.fstat(dir_fd)
+    with _swept_lock:
+        if (st.st_dev, st.st_ino) in _swept:
+            return []
+        _swept.add((st.st_dev, st.st_ino))
+    removed = []
+    for name in os.listdir(dir_fd):
+        if is_stale_partial(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+    return removed
+
+
 @contextlib.contextmanager
 def write_confined(target: LocalTarget) -> Iterator[BinaryIO]:
     """A new file that becomes ``target`` only if the block completes.
@@ -281,13 +398,16 @@ def write_confined(target: LocalTarget) -> Iterator[BinaryIO]:
     It is written under a temporary name (``O_EXCL|O_NOFOLLOW``) in the
     target's directory, opened by descriptor, and renamed in that directory,
     so a symlink planted on the way is never followed and an interrupted pull
-    never leaves a truncated file under the final name.
+    never leaves a truncated file under the final name. A pull killed before
+    it could remove its temporary (``kill -9``) leaves it behind; the next pull
+    into that directory removes it (:func:`sweep_partials`).
     """
     target.root.mkdir(parents=True, exist_ok=True)
     dir_fd = _open_directories(target.root, target.parts[:-1])
     name = target.parts[-1]
-    partial = f".{secrets.token_hex(8)}.part"
+    partial = _partial_name()
     try:
+        sweep_partials(dir_fd)
         fd = os.open(
             partial,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -330,14 +450,18 @@ def local_files(sources: Sequence[Path]) -> list[tuple[Path, PurePosixPath]]:
     """
     files: list[tuple[Path, PurePosixPath]] = []
     for source in sources:
-        mode = source.lstat().st_mode
-        if stat.S_ISREG(mode):
-            files.append((source, PurePosixPath(source.name)))
-        elif stat.S_ISDIR(mode):
-            files += _walk(source)
-        else:
-            raise _refuse_push(source, _kind(mode))
+        files += [(path, PurePosixPath(source.name, rel)) for path, rel in _source_files(source)]
     return files
+
+
+def _source_files(source: Path) -> list[tuple[Path, PurePosixPath]]:
+    """(file, path relative to ``source``) of a pushed file ('.' for itself) or directory."""
+    mode = source.lstat().st_mode
+    if stat.S_ISREG(mode):
+        return [(source, PurePosixPath("."))]
+    if stat.S_ISDIR(mode):
+        return _walk(source)
+    raise _refuse_push(source, _kind(mode))
 
 
 def _walk(source: Path) -> list[tuple[Path, PurePosixPath]]:
@@ -351,10 +475,71 @@ def _walk(source: Path) -> list[tuple[Path, PurePosixPath]]:
             path = Path(root, name)
             mode = path.lstat().st_mode
             if stat.S_ISREG(mode):
-                found.append((path, PurePosixPath(*path.relative_to(source.parent).parts)))
+                found.append((path, PurePosixPath(*path.relative_to(source).parts)))
             elif not stat.S_ISDIR(mode):
                 raise _refuse_push(path, _kind(mode))
     return found
+
+
+@dataclass(frozen=True)
+class PushItem:
+    local: Path
+    remote: str
+    size: int
+
+
+class Stater(Protocol):
+    """What push needs of an enclave to plan (an :class:`~.enclave.EnclaveClient`)."""
+
+    def stat(self, path: str) -> Entry: ...
+
+
+def remote_destination(enclave: Stater, remote: str) -> Destination:
+    """REMOTE as the shared folder has it (see :class:`Destination`)."""
+    try:
+        entry: Entry | None = enclave.stat(remote)
+    except NotFoundError:
+        entry = None
+    spelled = remote.endswith("/") or normalised(remote) == "/"
+    exists = entry is not None
+    return Destination(remote, exists, spelled or (entry is not None and entry.type == "dir"))
+
+
+def plan_push(enclave: Stater, sources: Sequence[str], remote: str) -> list[PushItem]:
+    """Every file to push and the shared-folder path it goes to, as ``cp -r`` would.
+
+    A file goes into REMOTE when REMOTE is a directory (or ends with ``/``),
+    else becomes REMOTE; a directory ``data`` lands as ``REMOTE/data/...``
+    when REMOTE is a directory, else REMOTE becomes the copy; ``data/.`` means
+    its contents. Symlinks and special files refuse the whole push first.
+    """
+    walked = [(typed, _source_files(Path(typed))) for typed in sources]  # refusals come first
+    destination = remote_destination(enclave, remote)
+    destination.require_directory(len(sources), side="shared-folder")
+    into = destination.directory or len(sources) > 1
+    base = PurePosixPath(normalised(remote))
+    plan: list[PushItem] = []
+    for typed, files in walked:
+        source = Path(typed)
+        is_dir = source.is_dir()
+        if is_dir and destination.exists and not destination.directory:
+            raise UsageError(
+                f"cannot copy the directory {typed} onto the file {remote}",
+                hint="name a directory of the shared folder (existing, or new) as REMOTE",
+            )
+        contents = copies_contents(typed) or source.name in ("", ".", "..")
+        below = base / source.name if into and not contents else base
+        for path, rel in files:
+            target = below / rel if is_dir else (base / source.name if into else base)
+            plan.append(PushItem(path, str(target), path.stat().st_size))
+    targets: dict[str, Path] = {}
+    for item in plan:
+        if (other := targets.setdefault(item.remote, item.local)) != item.local:
+            raise UsageError(
+                f"{other} and {item.local} would both be pushed to {item.remote}",
+                hint="push them into different directories",
+            )
+    return plan
 
 
 def open_local_file(path: Path) -> BinaryIO:

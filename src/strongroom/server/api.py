@@ -32,6 +32,7 @@ HTTP status chosen by the error's family; the client maps them back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -42,6 +43,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -52,6 +54,7 @@ from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
     EvidenceError,
+    InsufficientSpaceError,
     InvalidInputError,
     NotFoundError,
     StrongroomError,
@@ -60,7 +63,7 @@ from strongroom.errors import (
 )
 from strongroom.keys.base import KeyService
 from strongroom.server import runs
-from strongroom.server.files import READ_CHUNK, SharedFolder, chunks, split_path
+from strongroom.server.files import READ_CHUNK, FileStat, SharedFolder, chunks, split_path
 
 MAX_JSON_BODY = 64 * 1024
 #: Uploads are written in batches of at least this many bytes...
@@ -202,6 +205,68 @@ def _path(request: Request) -> str:
     return request.query_params.get("path", "")
 
 
+class Temporaries:
+    """The temporary files of whole-file uploads this server has made, and their fate.
+
+    An upload lands under ``.NAME.part-XXXXXXXX`` beside its target and is
+    renamed into place only when complete. While it is in flight the name is
+    hidden from listings (a ``pull`` of the directory would otherwise copy a
+    partial file under that name). When an upload fails -- the client went
+    away, ``kill -9``, the folder is full -- its temporary is removed at once;
+    one whose removal itself failed is kept here as an orphan and removed
+    before the next listing or upload (:meth:`sweep`). Only names this server
+    made are ever removed: a file of that shape that an app wrote is the
+    app's. (The shared folder is a fresh tmpfs at every enclave start, so no
+    earlier server's temporaries can exist.)
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._orphans: set[str] = set()
+
+    def new(self, parts: list[str]) -> str:
+        path = "/" + "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
+        with self._lock:
+            self._in_flight.add(path)
+        return path
+
+    def done(self, path: str, *, removed: bool = True) -> None:
+        with self._lock:
+            self._in_flight.discard(path)
+            if not removed:
+                self._orphans.add(path)
+
+    def hidden(self, entries: list[FileStat]) -> list[FileStat]:
+        with self._lock:
+            if not self._in_flight:
+                return entries
+            return [e for e in entries if e.path not in self._in_flight]
+
+    def sweep(self, shared: SharedFolder) -> None:
+        with self._lock:
+            orphans, self._orphans = self._orphans, set()
+        for path in orphans:
+            try:
+                shared.remove(path)
+            except NotFoundError:
+                pass
+            except StrongroomError:
+                with self._lock:
+                    self._orphans.add(path)
+
+    def discard(self, shared: SharedFolder, path: str) -> None:
+        """Remove a failed upload's temporary (keeping it as an orphan if that fails)."""
+        try:
+            shared.remove(path)
+        except NotFoundError:
+            self.done(path)
+        except StrongroomError:
+            self.done(path, removed=False)
+        else:
+            self.done(path)
+
+
 class FilesApi:
     """The Files endpoints. Every filesystem call runs in a worker thread.
 
@@ -214,13 +279,18 @@ class FilesApi:
 
     def __init__(self, shared: SharedFolder) -> None:
         self.shared = shared
+        self.temporaries = Temporaries()
 
     async def stat(self, request: Request) -> Response:
         entry = await run_in_threadpool(self.shared.stat, _path(request))
         return JSONResponse(entry.to_json())
 
     async def listdir(self, request: Request) -> Response:
-        entries = await run_in_threadpool(self.shared.list, _path(request))
+        def visible() -> list[FileStat]:
+            self.temporaries.sweep(self.shared)
+            return self.temporaries.hidden(self.shared.list(_path(request)))
+
+        entries = await run_in_threadpool(visible)
         return JSONResponse({"entries": [e.to_json() for e in entries]})
 
     async def read(self, request: Request) -> Response:
@@ -252,46 +322,60 @@ class FilesApi:
             raise UsageError("a file path is needed")
         # a whole-file write goes to a temporary sibling and is renamed at the end,
         # so an interrupted upload never leaves a truncated file under its final name
-        target = path
-        if whole:
-            target = "/".join([*parts[:-1], f".{parts[-1]}.part-{secrets.token_hex(4)}"])
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) <= SMALL_FILE:
-                # a small whole file: read it here, then one thread hop checks, writes
-                # it under its temporary name and renames it (no writer thread)
-                data = await request.body()
-                if len(data) > SMALL_FILE:
-                    raise InvalidInputError("the body is longer than its Content-Length")
+        if not whole:
+            return await self._write_in_place(request, path, parts, offset, truncate, create)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) <= SMALL_FILE:
+            # a small whole file: read it here, then one thread hop checks, writes
+            # it under its temporary name and renames it (no writer thread)
+            data = await request.body()
+            if len(data) > SMALL_FILE:
+                raise InvalidInputError("the body is longer than its Content-Length")
+            target = self.temporaries.new(parts)
+            try:
                 digest = await run_in_threadpool(_write_small, self.shared, path, target, data)
-                return JSONResponse(
-                    {"path": "/" + "/".join(parts), "size": len(data), "sha256": digest}
-                )
-            await run_in_threadpool(self.shared.check_replaceable, path)
-        fd = await run_in_threadpool(
-            self.shared.open_write,
-            target,
-            create=create or whole,
-            truncate=truncate,
-            exclusive=whole,
-        )
-        writer = _FileWriter(fd, offset)
+            finally:
+                self.temporaries.done(target)  # renamed, or removed by _write_small
+            answer = {"path": "/" + "/".join(parts), "size": len(data), "sha256": digest}
+            return JSONResponse(answer)
+        await run_in_threadpool(self._before_upload, path)
+        target = self.temporaries.new(parts)
         try:
-            pending = bytearray()
-            async for chunk in request.stream():
-                pending += chunk
-                if len(pending) >= WRITE_BATCH:
-                    await writer.put(bytes(pending))
-                    pending.clear()
-            if pending:
-                await writer.put(bytes(pending))
-            written, digest = await writer.finish()
+            fd = await run_in_threadpool(
+                self.shared.open_write, target, create=True, truncate=True, exclusive=True
+            )
         except BaseException:
-            await writer.abort()
-            if whole:
-                await run_in_threadpool(self.shared.remove, target)
+            self.temporaries.done(target)
             raise
-        if whole:
+        try:
+            written, digest = await _receive(request, _FileWriter(fd, offset))
             await run_in_threadpool(self.shared.rename, target, path)
+        except BaseException:
+            # shielded: a cancelled request (the client is gone) must still clean up
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.temporaries.discard, self.shared, target)
+            raise
+        self.temporaries.done(target)
+        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
+
+    def _before_upload(self, path: str) -> None:
+        self.temporaries.sweep(self.shared)
+        self.shared.check_replaceable(path)
+
+    async def _write_in_place(
+        self,
+        request: Request,
+        path: str,
+        parts: list[str],
+        offset: int,
+        truncate: bool,
+        create: bool,
+    ) -> Response:
+        """A partial write (at an offset, or into an existing file): no temporary."""
+        fd = await run_in_threadpool(
+            self.shared.open_write, path, create=create, truncate=truncate, exclusive=False
+        )
+        written, digest = await _receive(request, _FileWriter(fd, offset))
         return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
 
     async def checksum(self, request: Request) -> Response:
@@ -357,6 +441,24 @@ class FilesApi:
         ]
 
 
+async def _receive(request: Request, writer: _FileWriter) -> tuple[int, str]:
+    """Stream the request body into ``writer``; (bytes written, SHA-256)."""
+    try:
+        pending = bytearray()
+        async for chunk in request.stream():
+            pending += chunk
+            if len(pending) >= WRITE_BATCH:
+                await writer.put(bytes(pending))
+                pending.clear()
+        if pending:
+            await writer.put(bytes(pending))
+        return await writer.finish()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await writer.abort()
+        raise
+
+
 class _FileWriter:
     """Hashes and writes an upload in its own thread while the event loop keeps reading.
 
@@ -409,7 +511,7 @@ class _FileWriter:
         await self.put_end()
         if self._error is not None:
             if isinstance(self._error, OSError):
-                raise InvalidInputError(f"write failed: {self._error.strerror}") from self._error
+                raise _write_failed(self._error) from self._error
             raise self._error
         return self._written, self._digest.hexdigest()
 
@@ -455,7 +557,7 @@ def _write_small(shared: SharedFolder, path: str, temporary: str, data: bytes) -
         try:
             _pwrite_all(fd, data, 0)
         except OSError as e:  # ENOSPC above all: the shared folder is bounded
-            raise InvalidInputError(f"write failed: {e.strerror}") from e
+            raise _write_failed(e) from e
         finally:
             os.close(fd)
         shared.rename(temporary, path)
@@ -464,6 +566,12 @@ def _write_small(shared: SharedFolder, path: str, temporary: str, data: bytes) -
             shared.remove(temporary)
         raise
     return hashlib.sha256(data).hexdigest()
+
+
+def _write_failed(error: OSError) -> InvalidInputError:
+    if error.errno == errno.ENOSPC:
+        return InsufficientSpaceError("write failed: no space left in the enclave's shared folder")
+    return InvalidInputError(f"write failed: {error.strerror}")
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from strongroom.errors import (
     AlreadyExistsError,
+    InsufficientSpaceError,
     InvalidInputError,
     NotFoundError,
     PathEscapeError,
@@ -156,7 +157,7 @@ def _translate(e: OSError, path: str) -> Exception:
     if e.errno == errno.EISDIR:
         return UsageError(f"{path}: is a directory")
     if e.errno == errno.ENOSPC:
-        return InvalidInputError(f"{path}: no space left in the enclave's shared folder")
+        return InsufficientSpaceError(f"{path}: no space left in the enclave's shared folder")
     if e.errno == errno.ENXIO:
         # O_NONBLOCK write-open of a FIFO nobody reads, or any open of a socket
         return _refuse_special(path, "FIFO, device or socket")
