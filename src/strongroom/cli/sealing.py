@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.markup import escape
 
-from strongroom.cli._common import AppContext, byte_progress, emit, emit_table, out, pass_app
+from strongroom.cli._common import (
+    AppContext,
+    byte_progress,
+    emit,
+    emit_table,
+    err,
+    out,
+    pass_app,
+)
 from strongroom.cli.keys import identity_option, key_service
-from strongroom.errors import UsageError
+from strongroom.errors import AlreadyExistsError, UsageError
 
 if TYPE_CHECKING:
     from strongroom.sealing import AppManifest, PackageInfo
@@ -152,6 +160,7 @@ def _render_info(path: Path, info: PackageInfo, data: dict[str, Any]) -> None:
     metavar="FILE",
     help="Sign the package with this Ed25519 private key (PEM, from `signing-key create`).",
 )
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @identity_option
 @pass_app
 def seal_command(
@@ -161,6 +170,7 @@ def seal_command(
     output: Path,
     contexts: tuple[str, ...],
     sign_key: Path | None,
+    force: bool,
     identity: str | None,
 ) -> None:
     """Seal APP_DIR into one encrypted, authenticated package.
@@ -178,16 +188,31 @@ def seal_command(
     header, so an image that pins the key runs only this vendor's packages.
 
     \b
+    Left out, and listed on stderr: .git/, __pycache__/, *.pyc, .env, .env.*
+    and what APP_DIR/.strongroomignore lists (gitignore syntax; `!pattern`
+    keeps what a default would skip). An existing OUT is never replaced
+    without --force.
+
+    \b
     Example:
       strongroom seal examples/classifier --key alias/classifier \\
           --context vendor=acme --context app=classifier \\
           --sign-key vendor.key -o classifier.sealed
     """
     from strongroom.sealing import AppManifest, load_signing_key, seal
+    from strongroom.sealing.ignore import IgnoreRules
 
     context = _parse_context(contexts)
+    if not force and (output.exists() or output.is_symlink()):
+        raise AlreadyExistsError(
+            f"{output} already exists: seal does not replace it",
+            hint="choose another -o, or add --force to replace it",
+        )
     # Refuse a bad manifest or key before anything else, even a stopped key service.
-    AppManifest.load(app_dir)
+    manifest = AppManifest.load(app_dir)
+    ignore = IgnoreRules.for_app(app_dir)
+    if manifest is not None:
+        ignore.check_kept(manifest.entries)
     if sign_key is not None and sign_key.resolve().is_relative_to(app_dir.resolve()):
         raise UsageError(
             f"the signing key {sign_key} is inside {app_dir}: it would be sealed with the app",
@@ -197,9 +222,20 @@ def seal_command(
     kms = key_service(app.workspace(), identity)
     with byte_progress(f"sealing {app_dir.name}", _tree_size(app_dir), enabled=not app.json) as adv:
         info = seal(
-            app_dir, output, kms, key, context=context, progress=adv, signing_key=signing_key
+            app_dir,
+            output,
+            kms,
+            key,
+            context=context,
+            progress=adv,
+            signing_key=signing_key,
+            ignore=ignore,
+            overwrite=force,
         )
-    data = _info_dict(info)
+    data = {**_info_dict(info), "skipped": list(ignore.skipped)}
+    if ignore.skipped and not app.json:
+        names = ", ".join(n if n.isprintable() else repr(n) for n in ignore.skipped)
+        err.print(f"skipped (not sealed): {names}", markup=False)
 
     def render() -> None:
         out.print(

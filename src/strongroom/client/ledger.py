@@ -25,6 +25,7 @@ from pathlib import Path
 
 from strongroom._internal.files import SECRET_MODE, atomic_write_json, locked
 from strongroom.enclave.base import EnclaveStatus
+from strongroom.errors import StrongroomError
 from strongroom.workspace import Workspace
 
 LEDGER_FILE = "pulled.json"
@@ -126,7 +127,7 @@ def check_before_stop(
     def check(status: EnclaveStatus) -> None:
         try:
             listed = _output_files(status)
-        except Exception:  # noqa: BLE001 -- a check that fails is a check skipped
+        except (StrongroomError, OSError, ValueError):  # a check that fails is skipped
             return
         pulled = _load(ledger_path(ws, status.name), status.enclave_id)
         results[status.name] = unpulled(pulled, listed)

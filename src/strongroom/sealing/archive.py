@@ -8,6 +8,8 @@ plaintext touches the disk. The same tree always gives the same bytes:
   before its contents; names relative to the app directory, no ``./`` prefix;
 - uid/gid 0, empty user and group names, mtime 0; mode 0755 for directories
   and owner-executable files, 0644 for other files, 0777 for symlinks;
+- what :mod:`.ignore` skips (``.git/``, ``__pycache__/``, ``*.pyc``, ``.env``,
+  ``.env.*``, the app's ``.strongroomignore``) is not in it at all;
 - headers made by :meth:`tarfile.TarInfo.tobuf` in pax format (a pax record is
   added only for names that are long or not ASCII), file data padded to 512
   bytes, the archive ended by two zero blocks and nothing else.
@@ -29,7 +31,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from strongroom.errors import InvalidInputError, StrongroomError
 from strongroom.sealing.stream import ChunkReader, ReadableInto
@@ -41,6 +43,9 @@ from strongroom.sealing.tree import (
     name_problem,
     unsafe_entry,
 )
+
+if TYPE_CHECKING:  # the enclave extracts packages and never needs the sealer's rules
+    from strongroom.sealing.ignore import IgnoreRules
 
 BLOCK_SIZE = tarfile.BLOCKSIZE
 #: tarfile's read-ahead in streaming mode. Its buffer is re-sliced on every
@@ -59,10 +64,12 @@ class PayloadSink(Protocol):
     def copy_from(self, source: ReadableInto, size: int) -> int: ...
 
 
-def write_tar(app_dir: Path, sink: PayloadSink, limits: ExtractLimits) -> None:
-    """Stream the deterministic tar of ``app_dir`` into ``sink``."""
+def write_tar(
+    app_dir: Path, sink: PayloadSink, limits: ExtractLimits, ignore: IgnoreRules | None = None
+) -> None:
+    """Stream the deterministic tar of ``app_dir`` into ``sink``, without what ``ignore`` skips."""
     total_bytes = 0
-    for count, (name, path, st) in enumerate(_walk(app_dir, limits), start=1):
+    for count, (name, path, st) in enumerate(_walk(app_dir, limits, ignore), start=1):
         if count > limits.max_entries:
             raise _too_large(app_dir, f"more than {limits.max_entries} entries")
         info = tarfile.TarInfo(name)
@@ -89,8 +96,11 @@ def write_tar(app_dir: Path, sink: PayloadSink, limits: ExtractLimits) -> None:
     sink.write(_END_OF_ARCHIVE)
 
 
-def _walk(root: Path, limits: ExtractLimits) -> Iterator[tuple[str, Path, os.stat_result]]:
-    """``(name, path, lstat)`` of every entry under ``root``, in archive order."""
+def _walk(
+    root: Path, limits: ExtractLimits, ignore: IgnoreRules | None = None
+) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """``(name, path, lstat)`` of every entry under ``root`` that is not ignored, in
+    archive order; a skipped directory is not entered."""
     # An explicit stack: app trees can be deeper than Python's recursion limit.
     stack: list[Iterator[str]] = [iter(_sorted_names(root))]
     prefixes: list[str] = [""]
@@ -102,8 +112,10 @@ def _walk(root: Path, limits: ExtractLimits) -> Iterator[tuple[str, Path, os.sta
             continue
         name = prefixes[-1] + child
         path = root / name
-        _refuse_problem(path, name_problem(name, limits))
         st = _read(path, os.lstat)
+        if ignore is not None and ignore.ignores(name, directory=stat.S_ISDIR(st.st_mode)):
+            continue
+        _refuse_problem(path, name_problem(name, limits))
         yield name, path, st
         if stat.S_ISDIR(st.st_mode):
             stack.append(iter(_sorted_names(path)))

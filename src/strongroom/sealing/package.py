@@ -37,6 +37,7 @@ from typing import BinaryIO, Literal, cast
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from strongroom.errors import (
+    AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
     StrongroomError,
@@ -55,6 +56,7 @@ from strongroom.sealing.format import (
     encode_context,
 )
 from strongroom.sealing.header import Header, read_header
+from strongroom.sealing.ignore import IgnoreRules
 from strongroom.sealing.legacy import LegacyHeader, open_legacy
 from strongroom.sealing.manifest import AppManifest
 from strongroom.sealing.stream import (
@@ -113,6 +115,25 @@ def inspect(path: Path) -> PackageInfo:
     return _info(header, file_size=file_size, chunk_count=chunk_count, payload_size=payload_size)
 
 
+def _refuse_existing(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise AlreadyExistsError(
+            f"{out} already exists: seal does not replace it",
+            hint="choose another -o, or add --force to replace it",
+        )
+
+
+def _link_new(tmp: Path, out: Path) -> None:
+    """Put the finished package at ``out`` only if nothing is there (``link`` fails if so)."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        _remove(tmp)
+        _refuse_existing(out)
+        raise
+    _remove(tmp)
+
+
 def seal(
     app_dir: Path,
     out: Path,
@@ -123,6 +144,8 @@ def seal(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Progress | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    ignore: IgnoreRules | None = None,
+    overwrite: bool = True,
 ) -> PackageInfo:
     """Seal ``app_dir`` into the package ``out`` under the KMS key ``key_id``.
 
@@ -131,7 +154,12 @@ def seal(
     ``strongroom.toml``, if any, is validated and sealed in the header
     (:meth:`AppManifest.load`); ``signing_key`` signs the header.
     ``progress`` is called with the number of plaintext (tar) bytes sealed
-    since its previous call. An existing ``out`` is replaced atomically.
+    since its previous call. ``ignore`` says what stays out (by default
+    :meth:`IgnoreRules.for_app`: ``.git``, caches, ``.env``, the app's
+    ``.strongroomignore``) and records what it skipped. An existing ``out``
+    is replaced atomically, or, without ``overwrite``, refused (even one
+    that appears while sealing: the package is linked into place, never
+    renamed over a file).
     """
     context = dict(context or {})
     if not app_dir.is_dir():
@@ -146,9 +174,14 @@ def seal(
             f"the package {out} would be inside the directory it seals",
             hint="write the package outside the application directory",
         )
+    if not overwrite:
+        _refuse_existing(out)
     check_chunk_size(chunk_size)
     encode_context(context)  # refuse a bad context or manifest before asking the key service
     manifest = AppManifest.load(app_dir)
+    ignore = IgnoreRules.for_app(app_dir) if ignore is None else ignore
+    if manifest is not None:
+        ignore.check_kept(manifest.entries)
     data_key = keys.generate_data_key(key_id, encryption_context=context or None)
     if data_key.plaintext is None:
         raise StrongroomError(
@@ -176,12 +209,15 @@ def seal(
             writer = ChunkWriter(
                 sink, payload_key, header.nonce_prefix, header.aad, chunk_size, progress
             )
-            write_tar(app_dir, writer, _DEFAULT_LIMITS)
+            write_tar(app_dir, writer, _DEFAULT_LIMITS, ignore)
             writer.finish()
             sink.flush()
             os.fchmod(fd, 0o644)
             os.fsync(fd)
-        os.replace(tmp, out)
+        if overwrite:
+            os.replace(tmp, out)
+        else:
+            _link_new(Path(tmp), out)
     except OSError as exc:
         _remove(Path(tmp))
         raise StrongroomError(f"cannot write {out}: {exc.strerror}", hint=_WRITE_HINT) from exc

@@ -19,10 +19,12 @@ from strongroom.client.transfer import (
     normalised,
     open_local_file,
     plan_pull,
+    plan_push,
+    plan_stdout,
     remote_parts,
     write_confined,
 )
-from strongroom.errors import InvalidInputError, UsageError
+from strongroom.errors import InvalidInputError, NotFoundError, UsageError
 
 
 @dataclass
@@ -88,25 +90,100 @@ def _targets(tmp_path: Path, remotes: list[str], fake: FakeEnclave) -> list[tupl
 
 
 def test_plan_of_a_legitimate_listing(tmp_path: Path) -> None:
+    """As ``cp -r``: a missing LOCAL becomes the copy; an existing directory receives it."""
     fake = enclave(
         {
             "/out": [("/out/a.csv", "file"), ("/out/sub", "dir"), ("/out/link", "symlink")],
             "/out/sub": [("/out/sub/b.csv", "file"), ("/out/sub/fifo", "other")],
         }
     )
+    assert sorted(_targets(tmp_path, ["/out"], fake)) == [("a.csv",), ("sub", "b.csv")]
+    (tmp_path / "dest").mkdir()
     assert sorted(_targets(tmp_path, ["/out"], fake)) == [
         ("out", "a.csv"),
         ("out", "sub", "b.csv"),
     ]
+    # /out/. is the contents of /out, wherever they go
+    assert sorted(_targets(tmp_path, ["/out/."], fake)) == [("a.csv",), ("sub", "b.csv")]
     # the shared folder's root lands directly in the destination
     root = enclave({"/": [("/top.txt", "file")]})
     assert _targets(tmp_path, ["/"], root) == [("top.txt",)]
     # a single file becomes LOCAL itself (the user's name), or lands in it if it is a directory
     (plan,) = plan_pull(enclave({}), ["/out/a.csv"], tmp_path / "mine.csv")
     assert plan.target == LocalTarget(tmp_path, ("mine.csv",))
-    (tmp_path / "dest").mkdir()
     (plan,) = plan_pull(enclave({}), ["out/./a.csv"], tmp_path / "dest")
     assert plan.target == LocalTarget(tmp_path / "dest", ("a.csv",))
+    # ... or ends with "/" (a directory to create)
+    (plan,) = plan_pull(enclave({}), ["/out/a.csv"], f"{tmp_path}/new/")
+    assert plan.target == LocalTarget(tmp_path / "new", ("a.csv",))
+
+
+def test_destinations_that_cp_refuses(tmp_path: Path) -> None:
+    fake = enclave({"/out": [("/out/a.csv", "file")]})
+    with pytest.raises(UsageError, match="2 sources need a directory destination"):
+        plan_pull(fake, ["/out/a.csv", "/out/b.csv"], tmp_path / "missing")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="onto the file"):
+        plan_pull(fake, ["/out"], tmp_path / "file")
+    with pytest.raises(UsageError, match="one file"):
+        plan_stdout(fake, ["/out/a.csv", "/out/b.csv"])
+    with pytest.raises(UsageError, match="is a dir"):
+        plan_stdout(fake, ["/out"])
+
+
+def test_push_plans_as_cp_r(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.csv").write_text("a")
+    (data / "sub" / "b.csv").write_text("b")
+
+    class Remote:
+        """The shared folder holds the directories / and /remote, and nothing else."""
+
+        def stat(self, path: str) -> RemoteEntry:
+            if normalised(path) not in ("/", "/remote"):
+                raise NotFoundError(f"{path}: no such file or directory")
+            return RemoteEntry(normalised(path), "dir", 0, 0o755, 0.0)
+
+    fake = Remote()
+
+    def targets(sources: list[str], remote: str) -> list[str]:
+        return sorted(item.remote for item in plan_push(fake, sources, remote))
+
+    assert targets([str(data)], "/remote") == ["/remote/data/a.csv", "/remote/data/sub/b.csv"]
+    assert targets([str(data)], "/new") == ["/new/a.csv", "/new/sub/b.csv"]
+    assert targets([f"{data}/."], "/remote") == ["/remote/a.csv", "/remote/sub/b.csv"]
+    assert targets([str(data / "a.csv")], "/remote") == ["/remote/a.csv"]
+    assert targets([str(data / "a.csv")], "/new/") == ["/new/a.csv"]
+    assert targets([str(data / "a.csv")], "/new.csv") == ["/new.csv"]
+    assert targets([str(data / "a.csv"), str(data / "sub")], "/remote") == [
+        "/remote/a.csv",
+        "/remote/sub/b.csv",
+    ]
+    with pytest.raises(UsageError, match="2 sources need a directory destination"):
+        plan_push(fake, [str(data / "a.csv"), str(data / "sub")], "/new")
+    (data / "sub" / "a.csv").write_text("another a")
+    with pytest.raises(UsageError, match="would both be pushed"):
+        plan_push(fake, [str(data / "a.csv"), str(data / "sub" / "a.csv")], "/remote")
+
+
+def test_only_the_temporaries_of_dead_pulls_are_swept(tmp_path: Path) -> None:
+    import subprocess
+
+    from strongroom._internal.services import process_start_time
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    me = os.getpid()
+    stale = f".strongroom-pull-{dead.pid}-{process_start_time(me)}-{'0' * 16}.part"
+    live = f".strongroom-pull-{me}-{process_start_time(me)}-{'1' * 16}.part"
+    reused = f".strongroom-pull-{me}-1-{'2' * 16}.part"  # our pid, another start: stale
+    other = ".strongroom-pull-x.part"  # not ours
+    for name in (stale, live, reused, other):
+        (tmp_path / name).write_text("")
+    with write_confined(LocalTarget(tmp_path, ("x.bin",))) as f:
+        f.write(b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, other, "x.bin"])
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from strongroom.sealing import (
     unseal,
 )
 from strongroom.sealing.archive import write_tar
+from strongroom.sealing.ignore import IgnoreRules
 from strongroom.sealing.stream import ChunkReader, ChunkWriter, derive_payload_key
 
 from .helpers import CHUNK, CONTEXT, Trickle, leftovers, payload_of, snapshot
@@ -35,8 +36,13 @@ if TYPE_CHECKING:
 
 
 def roundtrip(app: Path, work: Path, kms: FakeKeyService, key: str, chunk_size: int) -> None:
+    """What is sealed comes back exactly (with nothing skipped: generated names include
+    `.env` and `__pycache__`, which `seal` leaves out by default)."""
     package = work / "app.sealed"
-    sealed_info = seal(app, package, kms, key, context=CONTEXT, chunk_size=chunk_size)
+    keep_all = IgnoreRules(patterns=())
+    sealed_info = seal(
+        app, package, kms, key, context=CONTEXT, chunk_size=chunk_size, ignore=keep_all
+    )
     opened_info = unseal(package, work / "out", kms)
     assert snapshot(work / "out") == snapshot(app)
     assert sealed_info == opened_info == inspect(package)
