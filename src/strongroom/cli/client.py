@@ -151,14 +151,14 @@ def _check_space(enclave: EnclaveClient, sizes: list[int]) -> None:
     needed = space.needed_bytes(sizes)
     if needed > space.free_bytes:
         raise InsufficientSpaceError(
-            f"push needs {_size(needed)} in enclave {enclave.name!r}'s shared folder, "
+            f"push needs {_size(needed)} in the shared folder of enclave {enclave.name!r}, "
             f"which has {_size(space.free_bytes)} free (of {_size(space.total_bytes)}); "
             "nothing was sent"
         )
     if len(sizes) > space.files_free:
         raise InsufficientSpaceError(
-            f"push creates {len(sizes)} files in enclave {enclave.name!r}'s shared folder, "
-            f"which has room for {space.files_free} more; nothing was sent"
+            f"push creates {len(sizes)} files in the shared folder of enclave "
+            f"{enclave.name!r}, which has room for {space.files_free} more; nothing was sent"
         )
 
 
