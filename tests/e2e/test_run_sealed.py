@@ -122,7 +122,7 @@ def test_demo_flow_with_the_example_classifier(env: Env, tmp_path: Path) -> None
         ran = cli(*run)
         assert "accuracy" in ran.stdout
         cli("pull", "--enclave", "classifier", "/output", str(tmp_path / "results"))
-        metrics = json.loads((tmp_path / "results" / "output" / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
         assert metrics["accuracy"] >= 0.9 and metrics["samples"] == 360
 
         stolen = tmp_path / "stolen"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shlex
 import shutil
 import stat
 import subprocess
@@ -228,3 +229,79 @@ def test_help_has_examples(cli: Cli) -> None:
         if words != ("signing-key",):
             assert "Example" in result.stdout, words
     assert "--sign-key" in cli("seal", "--help").stdout
+
+
+def test_seal_skips_what_should_not_ship_and_lists_it(cli: Cli, tmp_path: Path) -> None:
+    cli("init")
+    cli("keys", "serve", "--detach")
+    cli("keys", "create", "--alias", "k")
+    app = tmp_path / "app"
+    for name, text in {
+        "main.py": "print('hi')\n",
+        "strongroom.toml": 'entries = ["main.py"]\n',
+        ".env": "AWS_SECRET_ACCESS_KEY=do-not-ship\n",
+        ".env.local": "TOKEN=nor-this\n",
+        ".env.example": "TOKEN=\n",
+        ".git/config": "[core]\n",
+        "pkg/__pycache__/mod.cpython-311.pyc": "bytecode",
+        "pkg/mod.py": "X = 1\n",
+        "pkg/stale.pyc": "bytecode",
+        "data/raw/huge.csv": "1,2\n",
+        "data/keep.csv": "3,4\n",
+        "notes.tmp": "scratch\n",
+        ".strongroomignore": "# vendor's own rules\n/data/raw/\n*.tmp\n!.env.example\n",
+    }.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    sealed = tmp_path / "app.sealed"
+    human = cli("seal", str(app), "--key", "alias/k", "-o", str(sealed))
+    skipped = [".env", ".env.local", ".git/", "data/raw/", "notes.tmp",
+               "pkg/__pycache__/", "pkg/stale.pyc"]  # fmt: skip
+    assert f"skipped (not sealed): {', '.join(skipped)}" in human.stderr
+    assert "skipped" not in human.stdout
+    out = tmp_path / "out"
+    cli("unseal", str(sealed), "-o", str(out))
+    shipped = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert shipped == [".env.example", ".strongroomignore", "data/keep.csv", "main.py",
+                       "pkg/mod.py", "strongroom.toml"]  # fmt: skip
+    assert b"do-not-ship" not in sealed.read_bytes()  # (it is encrypted anyway)
+
+    again = tmp_path / "again.sealed"
+    data = json.loads(cli("--json", "seal", str(app), "--key", "alias/k", "-o", str(again)).stdout)
+    assert data["skipped"] == skipped
+
+    # an entry the host may run must be in the package
+    (app / ".strongroomignore").write_text("main.py\n")
+    refused = cli(
+        "seal", str(app), "--key", "alias/k", "-o", str(tmp_path / "x.sealed"), check=False
+    )
+    assert refused.returncode == 3
+    assert "the manifest's entry 'main.py' would not be sealed" in refused.stderr
+    assert not (tmp_path / "x.sealed").exists()
+
+
+def test_seal_refuses_to_overwrite_its_output_without_force(cli: Cli, tmp_path: Path) -> None:
+    cli("init")
+    cli("keys", "serve", "--detach")
+    cli("keys", "create", "--alias", "k")
+    sealed = tmp_path / "app.sealed"
+    sealed.write_bytes(b"the vendor's previous release")
+    refused = cli("seal", str(EXAMPLE), "--key", "alias/k", "-o", str(sealed), check=False)
+    assert refused.returncode == 2
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: {sealed} already exists: seal does not replace it",
+        "  hint: choose another -o, or add --force to replace it",
+    ]
+    assert sealed.read_bytes() == b"the vendor's previous release"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sealed", "home"]
+    # nor in JSON mode, through a pipe: nothing on stdout, the same exit code
+    argv = [*refused.args[:3], "--json", *refused.args[3:]]
+    piped = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{shlex.join(argv)} | cat"],
+        capture_output=True,
+        text=True,
+    )
+    assert piped.returncode == 2 and "already exists" in piped.stderr and piped.stdout == ""
+    cli("seal", str(EXAMPLE), "--key", "alias/k", "-o", str(sealed), "--force")
+    assert json.loads(cli("--json", "inspect", str(sealed)).stdout)["format"] == "strongroom-v2"

@@ -48,6 +48,19 @@ class Answers:
     #: What the CLI asked for, in order: (method, endpoint, path).
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
+    #: Files whose content answer carries a SHA-256 that does not match the bytes.
+    wrong_digest: set[str] = field(default_factory=set)
+    #: The answer to statfs (push checks the free space before sending).
+    statfs: Any = field(
+        default_factory=lambda: {
+            "block_size": 4096,
+            "blocks": 1 << 20,
+            "blocks_free": 1 << 20,
+            "files": 1 << 20,
+            "files_free": 1 << 20,
+            "name_max": 255,
+        }
+    )
 
     def entry(self, path: str, kind: str, size: int = 0) -> dict[str, Any]:
         return {"path": path, "type": kind, "size": size, "mode": 0o644, "mtime": 0.0}
@@ -114,7 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/v1/files/content":
             data = self.answers.contents.get(path, b"what a hostile server sends")
             digest = hashlib.sha256(data).hexdigest()
+            if path in self.answers.wrong_digest:
+                digest = "0" * 64
             self._send(200, data, {"content-type": "application/octet-stream", "x-sha256": digest})
+        elif url.path == "/v1/files/statfs":
+            self._json(self.answers.statfs)
         elif url.path == "/v1/files/checksum":
             data = self.answers.contents.get(path, b"")
             self._json({"path": path, "sha256": hashlib.sha256(data).hexdigest()})
@@ -211,11 +228,26 @@ HOSTILE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+#: How LOCAL may be spelled (cp -r's rules): each must refuse a hostile listing the same way.
+DESTINATIONS = {
+    "existing directory": ("/out", "d1/d2", True),
+    "new directory (becomes the copy)": ("/out", "d1/d2", False),
+    "contents (/out/.)": ("/out/.", "d1/d2", True),
+    "spelled with a slash": ("/out", "d1/d2/", False),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(DESTINATIONS))
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_hostile_listing_refuses_the_whole_pull(standin: StandIn, case: str) -> None:
+def test_a_hostile_listing_refuses_the_whole_pull(
+    standin: StandIn, case: str, spelling: str
+) -> None:
     root = standin.root
-    dest = root / "d1" / "d2"
-    dest.mkdir(parents=True)
+    remote, typed, existing = DESTINATIONS[spelling]
+    dest = root / typed
+    dest.parent.mkdir(parents=True)
+    if existing:
+        dest.mkdir()
     outside = root / "escaped"
     directory, extra = HOSTILE[case]
     bad = dict(extra)
@@ -225,22 +257,59 @@ def test_a_hostile_listing_refuses_the_whole_pull(standin: StandIn, case: str) -
     standin.answers.tree(HONEST, extra={directory: [bad]})
     standin.answers.contents[bad["path"]] = b"pwned"
 
-    refused = standin.cli("pull", "/out", str(dest), expect=3)
+    refused = standin.cli("pull", remote, root_relative(root, typed), expect=3)
     line = error_line(refused.stderr)
     assert repr(bad["path"]) in line, line
     # nothing written: not outside, not inside (not even the honest files), nothing fetched
     assert not outside.exists()
-    assert list(dest.iterdir()) == []
+    assert (list(dest.iterdir()) == []) if existing else not dest.exists()
     assert sorted(p.name for p in root.iterdir()) == ["d1", "ws"]
     assert _downloads(standin.answers) == []
 
     # the honest listing, same commands: pulled as cp -r would
     standin.answers.tree(HONEST, extra={})
-    standin.cli("pull", "/out", str(dest), expect=0)
+    standin.cli("pull", remote, root_relative(root, typed), expect=0)
+    prefix = "out/" if existing and remote == "/out" else ""
     assert _files(dest) == {
-        "out/a.csv": HONEST["/out/a.csv"],
-        "out/sub/deep/b.bin": HONEST["/out/sub/deep/b.bin"],
+        f"{prefix}a.csv": HONEST["/out/a.csv"],
+        f"{prefix}sub/deep/b.bin": HONEST["/out/sub/deep/b.bin"],
     }
+
+
+def root_relative(root: Path, typed: str) -> str:
+    """``typed`` under ``root``, keeping a trailing slash (it means "a directory")."""
+    return f"{root}/{typed}"
+
+
+def test_pull_to_stdout_trusts_no_answer_either(standin: StandIn) -> None:
+    standin.answers.tree(HONEST, extra={})
+    # asked about a file, the server answers about another one
+    standin.answers.entries["/out/a.csv"] = standin.answers.entry("/out/sub/deep/b.bin", "file")
+    refused = standin.cli("pull", "/out/a.csv", "-", expect=3)
+    assert "when asked about '/out/a.csv'" in error_line(refused.stderr)
+    assert refused.stdout == "" and _downloads(standin.answers) == []
+    standin.answers.tree(HONEST, extra={})
+    honest = standin.cli("pull", "/out/a.csv", "-", expect=0)
+    assert honest.stdout == HONEST["/out/a.csv"].decode()
+    # bytes that do not match the checksum the enclave gives: streamed, then exit 4
+    standin.answers.wrong_digest.add("/out/a.csv")
+    for command in (("pull", "/out/a.csv", "-"), ("cat", "/out/a.csv")):
+        refused = standin.cli(*command, expect=4)
+        assert "/out/a.csv arrived altered" in error_line(refused.stderr)
+        assert "discard what was written" in refused.stderr
+
+
+def test_a_malformed_statfs_answer_refuses_the_push(standin: StandIn) -> None:
+    local = standin.root / "rows.csv"
+    local.write_text("1,2\n")
+    standin.answers.tree({}, extra={})
+    for answer in ({"block_size": 4096}, {"block_size": -1, "blocks": 1, "blocks_free": 1,
+                   "files": 1, "files_free": 1}, [], {"block_size": 0, "blocks": 1,
+                   "blocks_free": 1, "files": 1, "files_free": 1}):  # fmt: skip
+        standin.answers.statfs = answer
+        refused = standin.cli("push", str(local), "/dataset/", expect=3)
+        assert "statfs" in error_line(refused.stderr) or "block size" in refused.stderr
+    assert standin.answers.uploads == {}
 
 
 def test_a_stat_answer_for_another_path_is_refused(standin: StandIn) -> None:

@@ -202,7 +202,7 @@ def _run(demo: Demo) -> None:
     demo.cli(*RUN_CLASSIFIER, live=True)
     demo.step("Pull the results out")
     demo.cli("pull", "/output", "results")
-    metrics = _json((demo.workdir / "results" / "output" / "metrics.json").read_text())
+    metrics = _json((demo.workdir / "results" / "metrics.json").read_text())
     out.print(f"      accuracy {metrics['accuracy']:.4f} on {metrics['samples']} samples")
 
     demo.section("4. What the host cannot do")

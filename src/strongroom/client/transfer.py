@@ -173,10 +173,13 @@ STDIO = "-"
 class Destination:
     """Where the user asked a copy to go, read as ``cp -r`` reads it.
 
-    ``directory``: the copy goes *into* it -- it exists as a directory
-    (through a link: the user's choice), or is spelled with a trailing ``/``
-    (then it is created if missing). Otherwise a single file becomes it, and a
-    single directory is copied *as* it (it must not exist as a file).
+    ``directory``: it exists as a directory (through a link: the user's
+    choice), or is spelled with a trailing ``/`` (then it is created if
+    missing). A file goes into a directory destination, else becomes it. A
+    directory goes into a destination that *exists* as a directory, else the
+    destination becomes the copy (with or without ``/``, as ``cp -r`` and
+    ``docker cp`` do); it must not exist as a file. Several sources always go
+    into it.
     """
 
     typed: str
@@ -198,6 +201,12 @@ class Destination:
                 hint=f"name an existing {side} directory, or end it with / to have it created",
             )
 
+    def receives(self, sources: int, *, directory: bool) -> bool:
+        """Whether a source goes *into* this destination (rather than becoming it)."""
+        if sources > 1:
+            return True
+        return self.directory and (self.exists or not directory)
+
 
 def copies_contents(typed: str) -> bool:
     """Whether a source spelled ``dir/.`` (or ``.``) means its contents, as ``cp -r`` does."""
@@ -216,12 +225,11 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: str | Path) -> lis
     """
     destination = Destination.local(local)
     destination.require_directory(len(remotes), side="local")
-    into = destination.directory or len(remotes) > 1
     root = Path(local)
     plan: list[PullItem] = []
     visited = 0
     for remote in remotes:
-        entry = enclave.stat(remote)
+        entry = enclave.stat(normalised(remote))
         parts = _entry(entry, asked=remote)
         if entry.type == "dir":
             if destination.exists and not destination.directory:
@@ -230,6 +238,7 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: str | Path) -> lis
                     hint="name a directory (existing, or new) as LOCAL",
                 )
             # "/" has no name of its own; "/out/." means the contents of /out
+            into = destination.receives(len(remotes), directory=True)
             base = parts[-1:] if into and not copies_contents(remote) else ()
             stack: list[tuple[str, tuple[str, ...]]] = [(entry.path, base)]
             while stack:
@@ -252,6 +261,7 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: str | Path) -> lis
         elif entry.type == "file":
             if not parts:
                 raise _hostile(f"the enclave says its root {entry.path!r} is a file")
+            into = destination.receives(len(remotes), directory=False)
             target = LocalTarget(root, parts[-1:]) if into else LocalTarget.of(root)
             plan.append(PullItem(entry.path, target, entry.size, entry.mtime))
         else:
@@ -276,7 +286,7 @@ def plan_stdout(enclave: Lister, remotes: Sequence[str]) -> Entry:
             f"pull to - (standard output) copies one file, not {len(remotes)}",
             hint="pull them into a directory instead",
         )
-    entry = enclave.stat(remotes[0])
+    entry = enclave.stat(normalised(remotes[0]))
     _entry(entry, asked=remotes[0])
     if entry.type != "file":
         raise UsageError(
@@ -500,8 +510,9 @@ def remote_destination(enclave: Stater, remote: str) -> Destination:
         entry: Entry | None = enclave.stat(remote)
     except NotFoundError:
         entry = None
-    spelled = remote.endswith("/") or normalised(remote) == "/"
-    exists = entry is not None
+    root = normalised(remote) == "/"  # the shared folder itself: always there
+    spelled = remote.endswith("/") or root
+    exists = entry is not None or root
     return Destination(remote, exists, spelled or (entry is not None and entry.type == "dir"))
 
 
@@ -516,7 +527,6 @@ def plan_push(enclave: Stater, sources: Sequence[str], remote: str) -> list[Push
     walked = [(typed, _source_files(Path(typed))) for typed in sources]  # refusals come first
     destination = remote_destination(enclave, remote)
     destination.require_directory(len(sources), side="shared-folder")
-    into = destination.directory or len(sources) > 1
     base = PurePosixPath(normalised(remote))
     plan: list[PushItem] = []
     for typed, files in walked:
@@ -527,6 +537,7 @@ def plan_push(enclave: Stater, sources: Sequence[str], remote: str) -> list[Push
                 f"cannot copy the directory {typed} onto the file {remote}",
                 hint="name a directory of the shared folder (existing, or new) as REMOTE",
             )
+        into = destination.receives(len(sources), directory=is_dir)
         contents = copies_contents(typed) or source.name in ("", ".", "..")
         below = base / source.name if into and not contents else base
         for path, rel in files:
