@@ -151,7 +151,7 @@ def document() -> dict[str, Any]:
         "/v1/files/stat": {"get": _op("one entry", _json(_ENTRY), parameters=[_PATH_PARAM])},
         "/v1/files/list": {
             "get": _op(
-                "a directory's entries",
+                "a directory's entries (uploads in flight are not listed)",
                 _json(
                     {
                         "type": "object",
