@@ -313,9 +313,11 @@ def _record_pulled(ws: Workspace, name: str, files: list[PulledFile]) -> None:
 
     if not files:
         return
-    statuses = runtime_for(ws).status(name, probe=False)
-    if statuses:
-        ledger.record(ws, name, statuses[0].enclave_id, files)
+    # a convenience: failing to record never turns a pull into a failure (or hides its own)
+    with contextlib.suppress(StrongroomError, OSError):
+        statuses = runtime_for(ws).status(name, probe=False)
+        if statuses:
+            ledger.record(ws, name, statuses[0].enclave_id, files)
 
 
 @click.command("ls")
