@@ -145,7 +145,8 @@ def test_the_manifest_is_sealed_and_inspect_shows_it(cli: Cli, tmp_path: Path) -
     (app / "strongroom.toml").write_text(
         'entries = ["main.py"]\nenv = ["THREADS"]\negress = ["API.example.com:443"]\n'
     )
-    result = cli("seal", str(app), "--key", "alias/classifier", "-o", str(sealed))
+    # a new release over the previous package: replacing it takes --force
+    result = cli("seal", str(app), "--key", "alias/classifier", "-o", str(sealed), "--force")
     assert "set THREADS; egress api.example.com:443" in result.stdout
     assert "api.example.com:443" in cli("inspect", str(sealed)).stdout
 
