@@ -241,6 +241,7 @@ def pull_command(
     when LOCAL is a directory, else LOCAL becomes the copy (/out/. copies its
     contents). Several sources need a directory. `-` as LOCAL writes one file
     to standard output (and nothing else there).
+
     \b
     Each file is written under a temporary name and renamed into place only
     once its SHA-256 matches the enclave's. Every name the enclave lists must
@@ -250,7 +251,7 @@ def pull_command(
 
     \b
     Example:
-      strongroom pull /output ./results        # ./results/... (or ./results/output/...)
+      strongroom pull /output ./results        # ./results/... (if new)
       strongroom pull /dataset/big.bin ./dir/  # ./dir/big.bin
       strongroom pull /output/metrics.json - | jq .accuracy
     """
