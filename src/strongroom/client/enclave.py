@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from strongroom import errors
-from strongroom.client.transfer import LocalTarget, open_local_file, write_confined
 from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
 from strongroom.transport.http import ChannelError, HttpClient, Response
 
 if TYPE_CHECKING:
     import concurrent.futures
+
+    from strongroom.client.transfer import LocalTarget
 
 UPLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
@@ -234,6 +235,8 @@ class EnclaveClient:
         (:func:`~.transfer.open_local_file`): push sends what the host named.
         """
         digest = hashlib.sha256()
+        from strongroom.client.transfer import open_local_file  # transfers only
+
         source = open_local_file(local)
 
         def body() -> Iterator[bytes]:
@@ -274,6 +277,8 @@ class EnclaveClient:
         its SHA-256; for a large one the enclave hashes its copy on a second
         connection while the bytes stream on the first.
         """
+        from strongroom.client.transfer import LocalTarget, write_confined  # transfers only
+
         target = local if isinstance(local, LocalTarget) else LocalTarget.of(local)
         digest = hashlib.sha256()
         remote_digest: concurrent.futures.Future[str] | None = None
