@@ -7,8 +7,6 @@ import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -84,11 +82,14 @@ err = _LazyConsole(stderr=True)
 
 
 def json_default(value: Any) -> Any:
+    from datetime import datetime  # here: --version and --help need neither
+    from pathlib import PurePath
+
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, Path):
+    if isinstance(value, PurePath):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
