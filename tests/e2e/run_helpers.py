@@ -287,7 +287,7 @@ class Stack:
             from tests.socket_httpx import http_transport
 
             (status,) = self.json("enclave", "status", enclave)
-            address = parse_address(status["addresses"]["control"])
+            address = parse_address(status["Strongroom"]["addresses"]["control"])
             self._apis[enclave] = httpx.Client(
                 transport=http_transport(address), base_url="http://enclave", timeout=30
             )

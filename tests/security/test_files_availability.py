@@ -189,7 +189,9 @@ def test_status_notices_a_server_that_no_longer_answers(enclaves: Enclaves) -> N
         assert took < STATUS_PROBE_TIMEOUT_S + 1.0, took
         # as the operator sees it
         [shown] = json.loads(_cli(ws, "enclave", "status", FROZEN, "--json").stdout)
-        assert shown["responding"] is False and shown["reason"] == NOT_RESPONDING
+        assert shown["State"] == "RUNNING" and shown["EnclaveName"] == FROZEN
+        assert shown["Strongroom"]["responding"] is False
+        assert shown["Strongroom"]["reason"] == NOT_RESPONDING
         detail = _cli(ws, "enclave", "status", FROZEN).stdout
         assert "responding       NO" in detail and "does not answer" in detail, detail
         table = _cli(ws, "enclave", "status").stdout
@@ -206,7 +208,7 @@ def test_status_notices_a_server_that_no_longer_answers(enclaves: Enclaves) -> N
     with client(ws, FROZEN) as api:
         assert api.get("/v1/describe").status_code == 200
     [shown] = json.loads(_cli(ws, "enclave", "status", FROZEN, "--json").stdout)
-    assert shown["responding"] is True
+    assert shown["Strongroom"]["responding"] is True
 
 
 def test_status_stays_fast_when_enclaves_answer(enclaves: Enclaves) -> None:

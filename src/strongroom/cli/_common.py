@@ -208,3 +208,30 @@ def complete_enclave_name(
     except (StrongroomError, OSError):
         return []
     return [name for name in names if name.startswith(incomplete)]
+
+
+@contextmanager
+def status(title: str, *, enabled: bool, lines: bool = False) -> Iterator[Callable[[str], None]]:
+    """Yield ``update(message)``, which says on stderr what a long command is doing now.
+
+    On a terminal: one transient spinner line, ``title: message``, gone when
+    the block ends. Elsewhere: each message as a plain ``  message`` line if
+    ``lines``, else nothing. Never anything when not ``enabled`` (``--json``),
+    and never on stdout.
+    """
+    if not enabled:
+        yield lambda _message: None
+        return
+    if not err.is_terminal:
+        if not lines:
+            yield lambda _message: None
+            return
+
+        def line(message: str) -> None:
+            sys.stderr.write(f"  {message}\n")
+            sys.stderr.flush()
+
+        yield line
+        return
+    with err.status(title, spinner="dots") as spinner:
+        yield lambda message: spinner.update(f"{title}: {message}")

@@ -18,6 +18,7 @@ from strongroom.cli._common import (
     out,
     pass_app,
 )
+from strongroom.cli._common import status as show_status
 from strongroom.enclave import EnclaveSpec, EnclaveStatus, runtime_for
 from strongroom.enclave.base import DEFAULT_NAME
 from strongroom.errors import NotFoundError, UsageError
@@ -112,9 +113,12 @@ def start_command(
     """Start IMAGE and wait until the enclave server answers.
 
     The image is measured while it is unpacked, so the PCRs shown are those of
-    exactly what runs. Give an enclave at least 4x its image size in memory
-    (a warning says when you do not). An app that outgrows the memory is killed
-    and `enclave status` says so; the host is not affected.
+    exactly what runs. The unpacked copy is kept (run/image-cache, a few
+    images): a later start of the same image measures it, checks the copy
+    file by file and uses it, in about a second. Give an enclave at least 4x
+    its image size in memory (a warning says when you do not). An app that
+    outgrows the memory is killed and `enclave status` says so; the host is
+    not affected. On a terminal, stderr shows what the start is doing.
 
     \b
     Examples:
@@ -128,9 +132,9 @@ def start_command(
             cpus = reader.header.default_cpus if cpus is None else cpus
             memory_mib = reader.header.default_mem_mib if memory_mib is None else memory_mib
     started = time.monotonic()
-    result = runtime_for(ws).start(
-        EnclaveSpec(name=name, image=image, cpus=cpus, memory_mib=memory_mib, debug=debug)
-    )
+    spec = EnclaveSpec(name=name, image=image, cpus=cpus, memory_mib=memory_mib, debug=debug)
+    with show_status(f"starting enclave {name}", enabled=not app.json) as progress:
+        result = runtime_for(ws).start(spec, progress=progress)
     elapsed = time.monotonic() - started
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -149,11 +153,9 @@ def start_command(
             markup=False,
         )
 
-    emit(
-        app,
-        {**result.status.to_json(), "warnings": list(result.warnings), "start_s": elapsed},
-        render,
-    )
+    described = result.status.to_json()
+    described["Strongroom"].update(warnings=list(result.warnings), start_s=elapsed)
+    emit(app, described, render)
 
 
 @enclave_group.command("status")
@@ -165,8 +167,10 @@ def status_command(app: AppContext, name: str | None) -> None:
     \b
     States: STARTING, RUNNING, STOPPED (ended with code 0), FAILED (exit code,
     signal, or out of memory: see the reason). A RUNNING enclave's server is
-    asked to answer on its control socket: "answers NO" (JSON: "responding":
-    false) means it is stopped, wedged or out of memory; stop and restart it.
+    asked to answer on its control socket: "answers NO" (JSON:
+    "Strongroom": {"responding": false}) means it is stopped, wedged or out of
+    memory; stop and restart it. --json prints what `nitro-cli
+    describe-enclaves` does (EnclaveName, EnclaveID, State, Flags, ...).
 
     \b
     Examples:
@@ -199,6 +203,7 @@ def status_command(app: AppContext, name: str | None) -> None:
                 )
                 for s in statuses
             ],
+            optional=("started", "debug", "memory", "cpus", "pid"),
         )
 
     emit(app, [s.to_json() for s in statuses], render)
@@ -215,7 +220,9 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
     left behind). The shared folder goes with the enclave: files in /output
     that no `strongroom pull` fetched (or that changed since) are named in a
     warning on stderr; the enclave is stopped all the same. An enclave that
-    does not list /output within 2 s is stopped without the check.
+    does not list /output within 2 s is stopped without the check. --json
+    prints each enclave as `enclave status --json` does, with "Terminated":
+    true (as `nitro-cli terminate-enclave`).
 
     \b
     Examples:
@@ -250,7 +257,7 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
                 markup=False,
             )
 
-    emit(app, [s.to_json() for s in stopped], render)
+    emit(app, [{**s.to_json(), "Terminated": True} for s in stopped], render)
 
 
 def _warn_unpulled(ws: Workspace, statuses: list[EnclaveStatus]) -> None:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from strongroom.cli._common import AppContext, emit, emit_table, err, out, pass_app
+from strongroom.cli._common import AppContext, emit, emit_table, out, pass_app, status
 from strongroom.cli.keys import identity_option, key_service
 from strongroom.errors import UsageError
 from strongroom.policy import DENY_SID, PolicyDocument, approve, approved_measurements, revoke
@@ -104,16 +104,17 @@ def build_command(
         tuple(_unique(_key_arn(app, key, identity) for key in keys)),
         tuple(_unique(load_signer_public_key(path) for path in signers)),
     )
-    result = build_image(
-        output,
-        pins=pins,
-        requirements=requirements,
-        name=name,
-        version=image_version,
-        default_mem_mib=memory_mib,
-        default_cpus=cpus,
-        progress=None if app.json else (lambda msg: err.print(f"  {msg}")),
-    )
+    with status(f"building {output}", enabled=not app.json, lines=True) as progress:
+        result = build_image(
+            output,
+            pins=pins,
+            requirements=requirements,
+            name=name,
+            version=image_version,
+            default_mem_mib=memory_mib,
+            default_cpus=cpus,
+            progress=progress,
+        )
     data = {
         **result.measurements.to_nitro_json(),
         "Path": str(result.path),

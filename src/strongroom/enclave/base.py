@@ -20,7 +20,7 @@ What every runtime guarantees to its callers:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,12 @@ from strongroom.image import Measurements
 #: asked (``enclave stop``, whose kill gives exit code 137) or its server exited
 #: with 0; ``FAILED``: it died on its own (exit code, signal, out of memory).
 State = Literal["STARTING", "RUNNING", "STOPPED", "FAILED"]
+
+#: ``describe-enclaves``' ``Flags``: how nitro-cli spells a debug-mode enclave, and the others.
+DEBUG_FLAGS = "DEBUG_MODE"
+NO_FLAGS = "NONE"
+#: Called with each phase of a start ("measuring the image", ...), for progress displays.
+StartProgress = Callable[[str], None]
 
 DEFAULT_NAME = "enclave"
 MIN_MEMORY_MIB = 64
@@ -97,6 +103,9 @@ class EnclaveStatus:
     addresses: Mapping[str, str] = field(default_factory=dict)
     #: The enclave's vsock CID (Nitro); None locally.
     cid: int | None = None
+    #: The host CPUs the enclave's processes may run on (Nitro: the CPUs given to it;
+    #: locally: the supervisor's affinity, shared under a quota of ``cpus`` CPUs' time).
+    cpu_ids: tuple[int, ...] = ()
     measurements: Measurements | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -110,29 +119,38 @@ class EnclaveStatus:
     #: now (None: not probed, because the enclave is not RUNNING). A RUNNING
     #: enclave whose server does not answer is stopped, wedged or out of memory.
     responding: bool | None = None
+    #: Where the image's unpacked tree came from: ``"reused"`` (the verified copy of
+    #: an earlier start), ``"unpacked"`` (now), or None (not known, or not local).
+    image_copy: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The enclave as ``nitro-cli describe-enclaves`` describes one, plus Strongroom's
+        own fields under ``"Strongroom"`` (so scripts written for nitro-cli work)."""
         return {
-            "name": self.name,
-            "state": self.state,
-            "enclave_id": self.enclave_id,
-            "image": self.image,
-            "debug": self.debug,
-            "cpus": self.cpus,
-            "memory_mib": self.memory_mib,
-            "pid": self.pid,
-            "cid": self.cid,
-            "addresses": dict(self.addresses),
-            "measurements": None
-            if self.measurements is None
-            else self.measurements.to_nitro_json()["Measurements"],
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "exit_code": self.exit_code,
-            "oom_killed": self.oom_killed,
-            "reason": self.reason,
-            "limits": self.limits,
-            "responding": self.responding,
+            "EnclaveName": self.name,
+            "EnclaveID": self.enclave_id,
+            "ProcessID": self.pid,
+            "EnclaveCID": self.cid,
+            "NumberOfCPUs": self.cpus,
+            "CPUIDs": list(self.cpu_ids),
+            "MemoryMiB": self.memory_mib,
+            "State": self.state,
+            "Flags": DEBUG_FLAGS if self.debug else NO_FLAGS,
+            "Strongroom": {
+                "image": self.image,
+                "measurements": None
+                if self.measurements is None
+                else self.measurements.to_nitro_json()["Measurements"],
+                "image_copy": self.image_copy,
+                "addresses": dict(self.addresses),
+                "limits": self.limits,
+                "responding": self.responding,
+                "reason": self.reason,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "exit_code": self.exit_code,
+                "oom_killed": self.oom_killed,
+            },
         }
 
 
@@ -144,8 +162,9 @@ class StartResult:
 
 
 class EnclaveRuntime(Protocol):
-    def start(self, spec: EnclaveSpec) -> StartResult:
-        """Start ``spec`` and return once its server answers on the control channel."""
+    def start(self, spec: EnclaveSpec, *, progress: StartProgress | None = None) -> StartResult:
+        """Start ``spec`` and return once its server answers on the control channel;
+        ``progress`` hears of each phase of the start as it begins."""
         ...
 
     def status(self, name: str | None = None, *, probe: bool = True) -> list[EnclaveStatus]:

@@ -3,7 +3,8 @@
 Each enclave is two host processes and a sandbox::
 
     strongroom enclave start ──spawns──▶ supervisor (python -m strongroom.enclave.supervisor)
-                                 ├─ measures + extracts the image (one pass)
+                                 ├─ measures the image; unpacks it (one pass) or reuses
+                                 │  the verified copy of an earlier start (._image_cache)
                                  ├─ serves attestor.sock and egress.sock
                                  └─ bwrap ──▶ enclave init (host's jail.py) ──▶ strongroom.server
 
@@ -33,8 +34,13 @@ Isolation invariants of the sandbox (:func:`sandbox_command`):
   hypervisor; they are not measured (the image records the interpreter ABI it
   needs). No ``/root``, ``/home``, host ``/tmp``, workspace or ``/proc`` of the
   host.
-- **The image** (measured in the same pass that extracted it) is read-only at
-  ``/image``; the decrypted application and the shared folder live in private
+- **The image** is read-only at ``/image``: the image cache's copy (unpacked
+  in the pass that measured it, or checked file by file against its manifest
+  at this start), mounted through the directory descriptor that was checked
+  (``--ro-bind-fd``; bubblewrap closes it before the enclave runs). Its Python
+  bytecode sits next to the sources, and the host's standard library brings
+  its own, so the server imports rather than compiles; nothing writes bytecode
+  (every tree is read-only). The decrypted application and the shared folder live in private
   memory-backed tmpfs (``/enclave/apps``, ``/enclave/shared``, mode 0700)
   counted against the enclave's memory limit; ``/tmp`` is a private tmpfs; the
   root file system is remounted read-only.
@@ -82,6 +88,7 @@ from strongroom.enclave.base import (
     MIN_MEMORY_MIB,
     EnclaveSpec,
     EnclaveStatus,
+    StartProgress,
     StartResult,
     State,
     check_name,
@@ -89,6 +96,7 @@ from strongroom.enclave.base import (
 )
 from strongroom.errors import (
     AlreadyExistsError,
+    EvidenceError,
     InvalidInputError,
     NotFoundError,
     StrongroomError,
@@ -129,7 +137,6 @@ LOGS_CHUNK = 64 * 1024
 SANDBOX_UID = 0
 SANDBOX_CAPS = ("CAP_SYS_ADMIN", "CAP_SETFCAP")
 SANDBOX_HOSTNAME = "enclave"
-PYCACHE_DIR = "/tmp/pycache"  # noqa: S108 - the sandbox's private tmpfs
 #: The server's own /tmp (bytecode cache, temporary files): small.
 SANDBOX_TMP_MIB = 64
 _MIB = 1024 * 1024
@@ -192,10 +199,6 @@ class EnclavePaths:
         return self.directory / "egress.sock"
 
     @property
-    def image_dir(self) -> Path:
-        return self.directory / "image"
-
-    @property
     def console_log(self) -> Path:
         return self.directory / "console.log"
 
@@ -213,10 +216,32 @@ def cgroup_id(workspace_root: Path, name: str) -> str:
     return f"{digest}-{name}"
 
 
+def host_system_binds() -> tuple[Path, list[str]]:
+    """The interpreter, and the bubblewrap options giving a sandbox the host's system
+    files read-only: ``/usr`` (and the ``/lib*``, ``/bin`` links), ld.so's cache and
+    the interpreter's prefix -- what the local target trusts, unmeasured."""
+    from strongroom.server.isolation import SYSTEM_DIRS, SYSTEM_FILES, interpreter_trees
+
+    executable, trees = interpreter_trees()
+    argv = ["--ro-bind", "/usr", "/usr"]
+    for directory in SYSTEM_DIRS:
+        path = Path(directory)
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), directory]
+        elif path.is_dir():
+            argv += ["--ro-bind", directory, directory]
+    for file in SYSTEM_FILES:
+        argv += ["--ro-bind-try", file, file]
+    for tree in trees:
+        argv += ["--ro-bind", str(tree), str(tree)]
+    return executable, argv
+
+
 def sandbox_command(
     bwrap: str,
     paths: EnclavePaths,
     *,
+    image_fd: int,
     control_fd: int,
     info_fd: int,
     forwards: Sequence[str],
@@ -225,20 +250,16 @@ def sandbox_command(
 ) -> list[str]:
     """The bubblewrap command line of an enclave (see the module docstring).
 
+    ``image_fd`` is the checked image tree, mounted read-only at ``/image``;
     ``control_fd`` is the listening control socket the server inherits;
     bubblewrap writes ``{"child-pid": N}`` (the sandbox's init) to ``info_fd``.
     ``runs_cgroup``, when the limits made one, is the cgroup the server gets
     (read-write: the enclave's one writable host path) to limit each run.
     """
-    from strongroom.server.isolation import (
-        SYSTEM_DIRS,
-        SYSTEM_FILES,
-        filesystem_sizes,
-        interpreter_trees,
-    )
+    from strongroom.server.isolation import filesystem_sizes
     from strongroom.server.jail import VISIBLE_PROC
 
-    executable, trees = interpreter_trees()
+    executable, system = host_system_binds()
     shared_mib, apps_mib = filesystem_sizes(memory_mib)
     argv = [
         bwrap,
@@ -270,23 +291,9 @@ def sandbox_command(
         "--setenv",
         "LANG",
         "C.UTF-8",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
-    for directory in SYSTEM_DIRS:
-        path = Path(directory)
-        if path.is_symlink():
-            argv += ["--symlink", os.readlink(path), directory]
-        elif path.is_dir():
-            argv += ["--ro-bind", directory, directory]
-    for file in SYSTEM_FILES:
-        argv += ["--ro-bind-try", file, file]
-    for tree in trees:
-        argv += ["--ro-bind", str(tree), str(tree)]
-    argv += [
-        "--ro-bind",
-        str(paths.image_dir),
+        *system,
+        "--ro-bind-fd",
+        str(image_fd),
         IMAGE_MOUNT,
         # The enclave's init covers the dangerous parts of this /proc and locks
         # it (with every other mount) before the image's code runs.
@@ -331,8 +338,6 @@ def sandbox_command(
         str(executable),
         "-S",
         "-E",
-        "-X",
-        f"pycache_prefix={PYCACHE_DIR}",
         INIT_PROGRAM,
         "--enclave-init",
         *IMAGE_SITES,
@@ -397,11 +402,11 @@ def check_sandbox() -> None:
 
 
 def cleanup(paths: EnclavePaths, limits: Limits | None) -> None:
-    """Remove what a (dead) enclave leaves: sockets, the extracted image, its cgroups."""
+    """Remove what a (dead) enclave leaves: its sockets and cgroups. (Its image stays
+    in the image cache, for the next start.)"""
     for socket_path in paths.sockets():
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
-    shutil.rmtree(paths.image_dir, ignore_errors=True)
     if limits is not None:
         limits.release()
 
@@ -429,6 +434,12 @@ def describe(control_socket: Path, *, timeout: float = DESCRIBE_TIMEOUT_S) -> di
     except (ChannelError, ValueError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def _image_cache_info(rec: services.ServiceRecord) -> dict[str, Any]:
+    """What the supervisor recorded about the image cache's copy it used (or ``{}``)."""
+    info = rec.extra.get("image_cache")
+    return info if isinstance(info, dict) else {}
 
 
 def _time(value: object) -> datetime | None:
@@ -460,7 +471,7 @@ class SandboxRuntime:
 
     # --- start ----------------------------------------------------------------
 
-    def start(self, spec: EnclaveSpec) -> StartResult:
+    def start(self, spec: EnclaveSpec, *, progress: StartProgress | None = None) -> StartResult:
         check_name(spec.name)
         cpus_available = os.cpu_count() or 1
         if not 0 < spec.cpus <= cpus_available:
@@ -500,9 +511,16 @@ class SandboxRuntime:
             argv += ["--workspace", str(self.workspace.root), "--spec", spec_json]
             process = services.spawn_detached(argv, log_path=paths.supervisor_log)
             self._wait_recorded(spec.name, process)
-        status = self._wait_running(spec.name, process, paths)
+        status = self._wait_running(spec.name, process, paths, progress or (lambda _phase: None))
         rec = services.load(self.run_dir, KIND, spec.name)
         limits = record_limits(rec) if rec is not None else None
+        discarded = _image_cache_info(rec).get("discarded") if rec is not None else None
+        if discarded:
+            warnings += (
+                f"the image cache's copy of this image failed its check ({discarded}): it was "
+                "set aside and the image unpacked again; something changed the workspace's "
+                "run/image-cache",
+            )
         if limits is not None and limits.mechanism == "rlimit":
             warnings += (
                 f"no cgroup memory controller ({limits.note}): memory is capped with "
@@ -521,13 +539,25 @@ class SandboxRuntime:
             time.sleep(_POLL_S / 5)
 
     def _wait_running(
-        self, name: str, process: services.DetachedProcess, paths: EnclavePaths
+        self,
+        name: str,
+        process: services.DetachedProcess,
+        paths: EnclavePaths,
+        progress: StartProgress,
     ) -> EnclaveStatus:
+        """Wait until the server answers, telling ``progress`` each phase the supervisor
+        records, then that it waits for the server."""
         deadline = time.monotonic() + START_TIMEOUT_S
+        shown = None
         while True:
             rec = services.load(self.run_dir, KIND, name)
             exited = process.poll() is not None
             state = rec.extra.get("state") if rec is not None else None
+            phase = rec.extra.get("phase") if rec is not None else None
+            if state == "RUNNING":
+                phase = "waiting for the enclave server to answer"
+            if isinstance(phase, str) and phase != shown:
+                progress(shown := phase)
             if rec is None or rec.pid != process.pid:
                 if exited:
                     raise UnavailableError(
@@ -537,7 +567,7 @@ class SandboxRuntime:
             elif exited or state in ("STOPPED", "FAILED"):
                 raise self._start_error(self._status_of(rec), rec, paths)
             elif state == "RUNNING" and describe(paths.control_socket) is not None:
-                return self._status_of(rec)
+                return dataclasses.replace(self._status_of(rec), responding=True)
             if time.monotonic() > deadline:
                 with contextlib.suppress(NotFoundError):
                     self.stop(name)
@@ -556,6 +586,8 @@ class SandboxRuntime:
             hint = str(error.get("hint") or "") or None
             if error.get("family") == "input":
                 return InvalidInputError(message, hint=hint)
+            if error.get("family") == "evidence":
+                return EvidenceError(message, hint=hint)
             return StrongroomError(message, hint=hint)
         return UnavailableError(
             f"enclave {status.name!r} died during boot: {status.reason}",
@@ -603,6 +635,8 @@ class SandboxRuntime:
         raw_spec = extra.get("spec")
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
         exit_code = extra.get("exit_code")
+        cpu_ids = extra.get("cpu_ids")
+        reused = _image_cache_info(rec).get("reused")
         return EnclaveStatus(
             name=rec.name,
             state=state,
@@ -620,6 +654,10 @@ class SandboxRuntime:
             oom_killed=oom_killed,
             reason=reason,
             limits=limits.describe() if limits is not None else None,
+            cpu_ids=tuple(c for c in cpu_ids if isinstance(c, int))
+            if isinstance(cpu_ids, list)
+            else (),
+            image_copy=None if reused is None else "reused" if reused else "unpacked",
         )
 
     def status(self, name: str | None = None, *, probe: bool = True) -> list[EnclaveStatus]:

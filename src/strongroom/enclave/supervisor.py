@@ -4,8 +4,11 @@ Started detached by ``strongroom enclave start``; it plays the part of the
 Nitro hypervisor and ``nitro-cli`` for one enclave, in this order:
 
 1. record itself (``STARTING``) so ``status``/``stop`` can find it at once;
-2. extract the image into ``run/enclaves/<name>/image`` *and* measure it in
-   the same read (what is measured is what runs);
+2. measure the image, and get its unpacked tree from the image cache
+   (:mod:`._image_cache`): the verified copy of an earlier start, checked
+   file by file, or a copy unpacked now in the same read that measures it
+   (what is measured is what runs), with bytecode compiled in a sandbox of its
+   own; each step is recorded as the start's ``phase``, for the CLI's progress;
 3. register the PCRs the attestor will sign: the image's, or all-zero PCR0-2
    for a debug enclave (as on Nitro);
 4. create the memory/CPU limits (:mod:`._limits`);
@@ -17,7 +20,7 @@ Nitro hypervisor and ``nitro-cli`` for one enclave, in this order:
    inside the limits, record ``RUNNING`` and wait;
 7. when the sandbox ends, or on SIGTERM (``enclave stop``: the sandbox is
    killed), record the outcome (exit code, OOM kills, signal) and remove the
-   sockets, the extracted image and the cgroups.
+   sockets and the cgroups, and let go of the image cache's copy (it stays).
 
 Only in debug mode does the enclave's stdout/stderr reach the host
 (``console.log``); otherwise it goes to ``/dev/null``, as a production Nitro
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -46,6 +50,8 @@ from typing import IO, Any
 from strongroom._internal import services
 from strongroom.attestation.authority import AuthorityAttestor, LocalAuthority
 from strongroom.enclave._attestor import AttestorService, serve_attestor
+from strongroom.enclave._bytecode import compile_tree
+from strongroom.enclave._image_cache import CachedImage, ImageCache
 from strongroom.enclave._limits import Limits, create_limits
 from strongroom.enclave.base import EnclaveSpec, State
 from strongroom.enclave.sandbox import (
@@ -56,8 +62,8 @@ from strongroom.enclave.sandbox import (
     cleanup,
     sandbox_command,
 )
-from strongroom.errors import InvalidInputError, StrongroomError
-from strongroom.image import Measurements, extract_image
+from strongroom.errors import EvidenceError, InvalidInputError, StrongroomError
+from strongroom.image import Measurements
 from strongroom.transport.base import UnixAddress, bind
 from strongroom.transport.forward import KMS_LOCAL_PORT
 from strongroom.transport.proxy import proxy_address, serve_relay
@@ -67,6 +73,8 @@ from strongroom.workspace import Workspace
 PCR_COUNT = 16
 PCR_SIZE = 48
 DEBUG_PCRS = (0, 1, 2)
+#: Where, in the workspace's ``run/``, the image cache keeps its copies.
+IMAGE_CACHE_DIR = "image-cache"
 
 
 class _Terminated(Exception):
@@ -138,6 +146,7 @@ class Supervisor:
             f"i-local-{cgroup_id(workspace.root, spec.name)[:8]}-enc{secrets.token_hex(8)}"
         )
         self.limits: Limits | None = None
+        self.image: CachedImage | None = None
 
     def _update(self, **extra: Any) -> None:
         services.update(self.workspace.run_dir, KIND, self.spec.name, **extra)
@@ -149,7 +158,12 @@ class Supervisor:
             KIND,
             self.spec.name,
             log=self.paths.console_log if self.spec.debug else None,
-            extra={"state": "STARTING", "spec": self.spec.to_json(), "enclave_id": self.enclave_id},
+            extra={
+                "state": "STARTING",
+                "spec": self.spec.to_json(),
+                "enclave_id": self.enclave_id,
+                "cpu_ids": sorted(os.sched_getaffinity(0)),
+            },
         )
         sockets: list[socket.socket] = []
         try:
@@ -157,7 +171,13 @@ class Supervisor:
         except _Terminated:
             outcome = Outcome("STOPPED", "stopped while starting", None, None)
         except StrongroomError as e:
-            family = "input" if isinstance(e, InvalidInputError) else "other"
+            family = (
+                "input"
+                if isinstance(e, InvalidInputError)
+                else "evidence"
+                if isinstance(e, EvidenceError)
+                else "other"
+            )
             self._update(error={"message": e.message, "hint": e.hint, "family": family})
             outcome = Outcome("FAILED", e.message, None, None)
         except Exception as e:
@@ -169,6 +189,8 @@ class Supervisor:
                 sock.close()
             oom_kills = self.limits.oom_kills() if self.limits is not None else None
             cleanup(self.paths, self.limits)
+            if self.image is not None:
+                self.image.close()  # the sandbox is gone: the copy is no longer in use
         self._update(
             state=outcome.state,
             reason=outcome.reason,
@@ -178,15 +200,29 @@ class Supervisor:
         )
         return 0 if outcome.state == "STOPPED" else 1
 
+    def _phase(self, phase: str) -> None:
+        self._update(phase=phase)
+
     def _run(self, sockets: list[socket.socket]) -> Outcome:
         bwrap = bwrap_path()
-        measurements = extract_image(self.spec.image, self.paths.image_dir)
+        cache = ImageCache(self.workspace.run_dir / IMAGE_CACHE_DIR)
+        self.image = cache.open(
+            self.spec.image,
+            progress=self._phase,
+            compiler=functools.partial(compile_tree, bwrap),
+        )
+        measurements = self.image.measurements
         self._update(
             measurements={
                 "pcr0": measurements.pcr0,
                 "pcr1": measurements.pcr1,
                 "pcr2": measurements.pcr2,
-            }
+            },
+            image_cache={
+                "path": str(self.image.path),
+                "reused": self.image.reused,
+                "discarded": self.image.discarded,
+            },
         )
         attestor = AuthorityAttestor(
             LocalAuthority.open_or_create(self.workspace.ca_dir),
@@ -198,7 +234,7 @@ class Supervisor:
             memory_mib=self.spec.memory_mib,
             cpus=self.spec.cpus,
         )
-        self._update(limits=self.limits.to_json())
+        self._update(limits=self.limits.to_json(), phase="starting the enclave server")
         for path in self.paths.sockets():
             sockets.append(bind(UnixAddress(str(path))))
         return asyncio.run(self._serve(bwrap, attestor, *sockets))
@@ -224,7 +260,7 @@ class Supervisor:
         attestor_socket: socket.socket,
         egress_socket: socket.socket,
     ) -> Outcome:
-        assert self.limits is not None
+        assert self.limits is not None and self.image is not None
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -235,9 +271,11 @@ class Supervisor:
         ]
         key_service = self._key_service()
         info_read, info_write = os.pipe()
+        image_fd = self.image.tree_fd
         command = sandbox_command(
             bwrap,
             self.paths,
+            image_fd=image_fd,
             control_fd=control.fileno(),
             info_fd=info_write,
             forwards=self._forwards(key_service),
@@ -256,7 +294,7 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     stdout=console,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(control.fileno(), info_write),
+                    pass_fds=(control.fileno(), info_write, image_fd),
                     # Joins the cgroup in the child, before bwrap runs: nothing
                     # of the enclave ever runs outside its limits. (preexec_fn
                     # is safe here: the supervisor has started no thread yet.)
@@ -265,6 +303,9 @@ class Supervisor:
             finally:
                 os.close(info_write)
                 control.close()  # the sandbox holds the listening socket now
+                # and has the image mounted; the entry's lock (entry_fd) stays held
+                os.close(image_fd)
+                self.image.tree_fd = -1
             init_pid = await loop.run_in_executor(None, _read_child_pid, info_read)
         self._update(
             state="RUNNING",

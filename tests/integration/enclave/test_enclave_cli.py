@@ -34,11 +34,10 @@ def test_enclave_and_proxy_commands(
     code, out, err = run(capsys, ws, "enclave", "start", image_path, "--name", "c1", "--json")
     assert code == 0, err
     started = json.loads(out)
-    assert (
-        started["state"] == "RUNNING" and started["measurements"]["PCR0"] == image.measurements.pcr0
-    )
-    assert started["memory_mib"] == 1024 and started["cpus"] == 2  # the image's defaults
-    assert started["addresses"]["control"].endswith("/run/enclaves/c1/control.sock")
+    ours = started["Strongroom"]
+    assert started["State"] == "RUNNING" and ours["measurements"]["PCR0"] == image.measurements.pcr0
+    assert started["MemoryMiB"] == 1024 and started["NumberOfCPUs"] == 2  # the image's defaults
+    assert ours["addresses"]["control"].endswith("/run/enclaves/c1/control.sock")
 
     code, out, _ = run(capsys, ws, "enclave", "status")
     assert code == 0 and "c1" in out and "RUNNING" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import socket
@@ -259,25 +260,40 @@ def test_production_enclave(ws: Workspace, image: BuildResult) -> None:
     with pytest.raises(UsageError, match="not started with --debug"):
         runtime.logs("prod")
 
-    # stop leaves nothing: no process, no socket, no extracted image, no cgroup
+    # stop leaves nothing running: no process, no socket, no cgroup; the image cache's
+    # copy stays for the next start, and no enclave holds it any more
     rec = record(ws, "prod")
     limits = Limits.from_json(rec.extra["limits"])
     pids = {rec.pid, rec.extra["sandbox_pid"]}
     for cgroup in limits.cgroups:
         pids |= {int(p) for p in Path(cgroup, "cgroup.procs").read_text().split()}
     assert len(pids) >= 4 and all(_alive(pid) for pid in pids)  # supervisor, bwrap, init, server
+    assert in_use(ws.run_dir / "image-cache" / image.measurements.pcr0)
     t0 = time.monotonic()
     [stopped] = runtime.stop("prod")
     stop_time = time.monotonic() - t0
     assert stopped.state == "STOPPED"
     assert not any(_alive(pid) for pid in pids)
     paths = EnclavePaths.of(ws.run_dir, "prod")
-    assert not any(p.exists() for p in (*paths.sockets(), paths.image_dir))
+    assert not any(p.exists() for p in paths.sockets())
+    assert not in_use(ws.run_dir / "image-cache" / image.measurements.pcr0)
     assert not any(Path(cgroup).exists() for cgroup in limits.cgroups)
     assert runtime.status() == []
     with pytest.raises(NotFoundError, match="no enclave named 'prod'"):
         runtime.stop("prod")
     print(f"\nstart (until /v1/describe answers): {started:.2f} s; stop: {stop_time:.2f} s")
+
+
+def in_use(entry: Path) -> bool:
+    """Whether an enclave holds the image cache entry (its shared lock)."""
+    fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def test_the_memory_limit_kills_the_app_not_the_host(ws: Workspace, image: BuildResult) -> None:
@@ -310,7 +326,7 @@ def test_status_says_why_an_enclave_died(ws: Workspace, image: BuildResult) -> N
     assert status.reason == "killed by SIGKILL" and status.pid is None
     paths = EnclavePaths.of(ws.run_dir, "doomed")
     deadline = time.monotonic() + 10
-    while paths.image_dir.exists():  # the supervisor cleans up after recording
+    while paths.control_socket.exists():  # the supervisor cleans up after recording
         assert time.monotonic() < deadline
         time.sleep(0.05)
     console = b"".join(runtime.logs("doomed", follow=True))  # follow ends: it is dead
@@ -331,4 +347,5 @@ def test_an_image_that_cannot_be_measured_is_refused(
         runtime.start(EnclaveSpec("bad", damaged, cpus=1, memory_mib=256))
     [status] = runtime.status("bad")
     assert status.state == "FAILED" and status.pid is None
-    assert not EnclavePaths.of(ws.run_dir, "bad").image_dir.exists()
+    cache = ws.run_dir / "image-cache"  # nothing half-unpacked is left
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []

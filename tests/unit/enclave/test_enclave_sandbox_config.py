@@ -39,7 +39,13 @@ def _pairs(argv: list[str], option: str) -> list[tuple[str, str]]:
 def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     paths = EnclavePaths.of(tmp_path, "e1")
     argv = sandbox_command(
-        "bwrap", paths, control_fd=7, info_fd=9, forwards=["8000=127.0.0.1:1"], memory_mib=512
+        "bwrap",
+        paths,
+        image_fd=5,
+        control_fd=7,
+        info_fd=9,
+        forwards=["8000=127.0.0.1:1"],
+        memory_mib=512,
     )
     options = argv[: argv.index("--")]
     for flag in ("--unshare-all", "--unshare-user", "--die-with-parent"):
@@ -55,7 +61,8 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     assert ("--dir", jail.VISIBLE_PROC) in itertools.pairwise(options)
     assert "--share-net" not in options and "--bind" not in options  # nothing writable
     ro = dict((dest, src) for src, dest in _pairs(options, "--ro-bind"))
-    assert ro["/image"] == str(paths.image_dir)
+    # the image is the directory the image cache checked, by its descriptor
+    assert dict((dest, fd) for fd, dest in _pairs(options, "--ro-bind-fd")) == {"/image": "5"}
     assert ro["/run/strongroom/attestor.sock"] == str(paths.attestor_socket)
     assert ro["/run/strongroom/egress.sock"] == str(paths.egress_socket)
     # the sandbox starts with the host's copy of the jail module, never the image's
@@ -63,7 +70,7 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     allowed = {"/usr", "/etc/ld.so.cache", "/image", os.path.realpath(sys.base_prefix)}
     allowed |= {d for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")}
     allowed |= {"/run/strongroom/attestor.sock", "/run/strongroom/egress.sock", INIT_PROGRAM}
-    binds = set(ro) | {dest for _, dest in _pairs(options, "--ro-bind-try")}
+    binds = set(ro) | {dest for _, dest in _pairs(options, "--ro-bind-try")} | {"/image"}
     assert binds <= allowed, binds - allowed
     assert not any(str(tmp_path) in dest for dest in binds)  # the workspace is not visible
     tmpfs = [options[i + 1] for i, a in enumerate(options) if a == "--tmpfs"]
@@ -72,7 +79,7 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     shared_mib, apps_mib = filesystem_sizes(512)
     assert sizes[1:] == [apps_mib, shared_mib] and shared_mib + apps_mib <= 512 - 96
     command = argv[argv.index("--") + 1 :]
-    assert command[1:3] == ["-S", "-E"]
+    assert command[1:4] == ["-S", "-E", INIT_PROGRAM]  # no -X pycache_prefix: nothing writes bytecode
     init = command[command.index(INIT_PROGRAM) + 1 :]
     assert init[: len(IMAGE_SITES) + 3] == ["--enclave-init", *IMAGE_SITES, "--", ENTRY_MODULE]
     assert ENTRY_MODULE == "strongroom.server"
