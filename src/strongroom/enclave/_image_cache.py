@@ -68,11 +68,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strongroom._internal.background import Background
 from strongroom._internal.files import locked
 from strongroom.enclave._bytecode import Bytecode
 from strongroom.errors import StrongroomError, TamperedError
 from strongroom.image import Measurements
 from strongroom.image._archive import FileDigest
+from strongroom.image.eif import EifReader
 from strongroom.image.extract import SectionLayout, measure_local_image, unpack_image
 from strongroom.image.runtime import host_abi
 
@@ -186,30 +188,84 @@ class ImageCache:
         progress: Progress | None = None,
         compiler: Compiler | None = None,
     ) -> CachedImage:
-        """A checked entry for ``image``: reused if one is valid, else built now."""
+        """A checked entry for ``image``: reused if one is valid, else built now.
+
+        The image is measured in a thread while the entry whose section layout
+        matches is checked (both are mostly hashing): the entry is used only if
+        it is for exactly the PCRs just measured.
+        """
         report = progress or (lambda _message: None)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        report("measuring the image")
-        measurements, layout = measure_local_image(image)
+        layout = _layout_of(image)
+        measuring = Background(lambda: measure_local_image(image), name="measure")
+        discarded = None
+        candidate = self._candidate(layout)
+        if candidate is not None:
+            report("measuring the image and checking the copy unpacked at an earlier start")
+            cached, problem = self._try_reuse(candidate, layout)
+            measurements, measured_layout = measuring.result()
+            if cached is not None:
+                if (cached.measurements, measured_layout) == (measurements, layout):
+                    self.evict()
+                    return cached
+                cached.close()  # another image's copy; this image's is looked up by its PCR0
+            elif candidate == measurements.pcr0:
+                discarded = problem
+        else:
+            report("measuring the image")
+            measurements, measured_layout = measuring.result()
         key = measurements.pcr0
         with locked(self.root / f".{key}.lock"):
-            discarded = None
-            if (self.root / key).exists():
-                report("checking the verified copy of the image")
+            if candidate != key and (self.root / key).exists():
+                report("checking the copy unpacked at an earlier start")
                 try:
-                    return self._reuse(key, measurements, layout)
+                    cached = self._reuse(key, measured_layout)
+                    if cached.measurements == measurements:
+                        return cached
+                    cached.close()
+                    discarded = "its manifest is for another image"
                 except CacheEntryInvalid as e:
                     discarded = str(e)
-                    self._retire(self.root / key)
+                self._retire(self.root / key)
             report("unpacking the image (its first start in this workspace)")
-            cached = self._build(image, measurements, layout, report, compiler)
+            cached = self._build(image, measurements, measured_layout, report, compiler)
             cached.discarded = discarded
         self.evict()
         return cached
 
+    def _candidate(self, layout: SectionLayout) -> str | None:
+        """The most recently used entry for an image with ``layout``, if any."""
+        for key in self._by_recent_use():
+            try:
+                manifest = _read_manifest_at(self.root / key)
+            except (CacheEntryInvalid, OSError):
+                return key  # this one's check will say what is wrong with it
+            if (manifest.layout, manifest.abi) == (layout, host_abi()):
+                return key
+        return None
+
+    def _by_recent_use(self) -> list[str]:
+        entries = []
+        for path in self.root.iterdir():
+            if not path.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    entries.append((path.lstat().st_mtime, path.name))
+        return [name for _, name in sorted(entries, reverse=True)]
+
+    def _try_reuse(self, key: str, layout: SectionLayout) -> tuple[CachedImage | None, str | None]:
+        """:meth:`_reuse` under the entry's lock; an entry that fails is moved aside."""
+        with locked(self.root / f".{key}.lock"):
+            try:
+                return self._reuse(key, layout), None
+            except CacheEntryInvalid as e:
+                self._retire(self.root / key)
+                return None, str(e)
+
     # --- reuse ----------------------------------------------------------------
 
-    def _reuse(self, key: str, measurements: Measurements, layout: SectionLayout) -> CachedImage:
+    def _reuse(self, key: str, layout: SectionLayout) -> CachedImage:
+        """The entry ``key``, checked (its ``measurements`` are its manifest's: the
+        caller compares them with what it measured)."""
         path = self.root / key
         entry_fd = _open_dir(path)
         try:
@@ -219,10 +275,10 @@ class ImageCache:
                 raise CacheEntryInvalid("it was moved aside while this start opened it")
             _check_owned_read_only(status, "its directory")
             manifest = _read_manifest(entry_fd)
-            if (manifest.measurements, manifest.layout, manifest.abi) != (
-                measurements,
+            if (manifest.layout, manifest.abi, manifest.measurements.pcr0) != (
                 layout,
                 host_abi(),
+                key,
             ):
                 raise CacheEntryInvalid("its manifest is for another image")
             tree_fd = _open_dir(TREE, dir_fd=entry_fd, label=TREE)
@@ -237,7 +293,7 @@ class ImageCache:
             if isinstance(e, OSError):
                 raise CacheEntryInvalid(f"it cannot be read ({e})") from e
             raise
-        return CachedImage(measurements, tree_fd, entry_fd, path, reused=True)
+        return CachedImage(manifest.measurements, tree_fd, entry_fd, path, reused=True)
 
     # --- build ----------------------------------------------------------------
 
@@ -351,6 +407,20 @@ def _open_dir(path: Path | str, *, dir_fd: int | None = None, label: str | None 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _layout_of(image: Path) -> SectionLayout:
+    """The section layout from the image's headers (a few hundred bytes read)."""
+    with EifReader(image) as reader:
+        return SectionLayout.of(reader)
+
+
+def _read_manifest_at(entry: Path) -> Manifest:
+    fd = _open_dir(entry)
+    try:
+        return _read_manifest(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_manifest(entry_fd: int) -> Manifest:

@@ -30,7 +30,6 @@ enclave has no console.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
@@ -45,11 +44,10 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from strongroom._internal import services
-from strongroom.attestation.authority import AuthorityAttestor, LocalAuthority
-from strongroom.enclave._attestor import AttestorService, serve_attestor
+from strongroom._internal.background import Background
 from strongroom.enclave._bytecode import compile_tree
 from strongroom.enclave._image_cache import CachedImage, ImageCache
 from strongroom.enclave._limits import Limits, create_limits
@@ -66,8 +64,13 @@ from strongroom.errors import EvidenceError, InvalidInputError, StrongroomError
 from strongroom.image import Measurements
 from strongroom.transport.base import UnixAddress, bind
 from strongroom.transport.forward import KMS_LOCAL_PORT
-from strongroom.transport.proxy import proxy_address, serve_relay
 from strongroom.workspace import Workspace
+
+if TYPE_CHECKING:
+    # Imported by the set-up thread (Supervisor._prepare), beside the image's check.
+    import asyncio
+
+    from strongroom.attestation.authority import AuthorityAttestor, LocalAuthority
 
 #: Attestation documents carry 16 PCRs, as real Nitro documents do.
 PCR_COUNT = 16
@@ -147,6 +150,7 @@ class Supervisor:
         )
         self.limits: Limits | None = None
         self.image: CachedImage | None = None
+        self._prepared: Background[LocalAuthority] | None = None
 
     def _update(self, **extra: Any) -> None:
         services.update(self.workspace.run_dir, KIND, self.spec.name, **extra)
@@ -185,6 +189,9 @@ class Supervisor:
             outcome = Outcome("FAILED", f"internal error in the supervisor: {e!r}", None, None)
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if self._prepared is not None:  # quick: let it finish, to clean up after it
+                with contextlib.suppress(Exception):
+                    self._prepared.result()
             for sock in sockets:
                 sock.close()
             oom_kills = self.limits.oom_kills() if self.limits is not None else None
@@ -203,8 +210,38 @@ class Supervisor:
     def _phase(self, phase: str) -> None:
         self._update(phase=phase)
 
+    def _prepare(self, sockets: list[socket.socket]) -> LocalAuthority:
+        """What the enclave needs besides its image: the attestor's authority, the
+        limits, the three sockets -- and the modules that serve them.
+
+        Runs in a thread while the main one measures the image and checks its copy
+        (hashing, which leaves the interpreter free): a start of an image started
+        before waits for the longer of the two, not for both.
+        """
+        import asyncio  # noqa: F401 - imported here for _serve, off the critical path
+
+        from strongroom.attestation.authority import LocalAuthority
+        from strongroom.enclave import _attestor  # noqa: F401 - likewise
+        from strongroom.transport import proxy  # noqa: F401 - likewise
+
+        authority = LocalAuthority.open_or_create(self.workspace.ca_dir)
+        self.limits = create_limits(
+            cgroup_id(self.workspace.root, self.spec.name),
+            memory_mib=self.spec.memory_mib,
+            cpus=self.spec.cpus,
+        )
+        self._update(limits=self.limits.to_json())
+        for path in self.paths.sockets():
+            sockets.append(bind(UnixAddress(str(path))))
+        return authority
+
     def _run(self, sockets: list[socket.socket]) -> Outcome:
+        import asyncio
+
+        from strongroom.attestation.authority import AuthorityAttestor
+
         bwrap = bwrap_path()
+        self._prepared = Background(functools.partial(self._prepare, sockets), name="prepare")
         cache = ImageCache(self.workspace.run_dir / IMAGE_CACHE_DIR)
         self.image = cache.open(
             self.spec.image,
@@ -224,19 +261,13 @@ class Supervisor:
                 "discarded": self.image.discarded,
             },
         )
+        authority = self._prepared.result()  # joined: no thread runs from here on
         attestor = AuthorityAttestor(
-            LocalAuthority.open_or_create(self.workspace.ca_dir),
+            authority,
             registered_pcrs(measurements, debug=self.spec.debug),
             self.enclave_id,
         )
-        self.limits = create_limits(
-            cgroup_id(self.workspace.root, self.spec.name),
-            memory_mib=self.spec.memory_mib,
-            cpus=self.spec.cpus,
-        )
-        self._update(limits=self.limits.to_json(), phase="starting the enclave server")
-        for path in self.paths.sockets():
-            sockets.append(bind(UnixAddress(str(path))))
+        self._update(phase="starting the enclave server")
         return asyncio.run(self._serve(bwrap, attestor, *sockets))
 
     def _key_service(self) -> str | None:
@@ -260,6 +291,11 @@ class Supervisor:
         attestor_socket: socket.socket,
         egress_socket: socket.socket,
     ) -> Outcome:
+        import asyncio
+
+        from strongroom.enclave._attestor import AttestorService, serve_attestor
+        from strongroom.transport.proxy import proxy_address, serve_relay
+
         assert self.limits is not None and self.image is not None
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
