@@ -10,8 +10,9 @@ measures, in this order, the wall time of:
 - baseline: ``bwrap --unshare-all --ro-bind / / true`` (a sandbox that runs
   nothing: what bubblewrap itself costs here);
 - cold: ``strongroom enclave start hello.eif`` with an empty image cache (the
-  image is measured while unpacked, its bytecode compiled), until the enclave
-  server answers and the command exits;
+  image is measured while unpacked), until the enclave server answers and the
+  command exits; then (untimed, reported) until the running enclave's
+  supervisor has added the image's bytecode to the cached copy;
 - warm: the same command again, after ``enclave stop``: the image is measured,
   the cached copy checked file by file and used.
 
@@ -46,6 +47,7 @@ WARM_TARGET_S = 1.5
 NAME = "bench"
 KEY_ARN = "arn:aws:kms:eu-west-1:111122223333:key/bench-enclave"
 POLL_S = 0.005
+BYTECODE_TIMEOUT_S = 300.0
 #: Phases of a start as the supervisor records them, then the CLI's last one.
 EXIT = "the command exits"
 
@@ -55,6 +57,7 @@ class Variant:
     name: str
     times: list[float] = field(default_factory=list)
     phases: dict[str, list[float]] = field(default_factory=dict)
+    bytecode: list[float] = field(default_factory=list)
 
 
 class PhaseWatch:
@@ -103,7 +106,8 @@ def remove_cache(home: Path) -> None:
         shutil.rmtree(cache)
 
 
-def timed_start(cli: Cli, memory_mib: int) -> tuple[float, dict[str, float]]:
+def timed_start(cli: Cli, memory_mib: int) -> tuple[float, dict[str, float], float | None]:
+    """One start (wall time, phases), and how long its bytecode took to be added (if it was)."""
     record = cli.home / "run" / "enclaves" / f"{NAME}.json"
     with contextlib.suppress(FileNotFoundError):
         record.unlink()
@@ -111,8 +115,25 @@ def timed_start(cli: Cli, memory_mib: int) -> tuple[float, dict[str, float]]:
     start = ("enclave", "start", "hello.eif", "--name", NAME, "--memory", str(memory_mib))
     elapsed, _ = cli.timed(*start)
     spans = watch.finish()
+    bytecode = wait_for_bytecode(record, elapsed)
     cli.run("enclave", "stop", NAME)
-    return elapsed, spans
+    return elapsed, spans, bytecode
+
+
+def wait_for_bytecode(record: Path, elapsed: float) -> float | None:
+    """Seconds from the start until the supervisor added the bytecode (None: it had it)."""
+    deadline = time.monotonic() + BYTECODE_TIMEOUT_S
+    began = time.monotonic() - elapsed
+    while time.monotonic() < deadline:
+        state = json.loads(record.read_text())["extra"].get("bytecode")
+        if state == "present":
+            return None
+        if state != "compiling":
+            if state != "added":
+                raise BenchError(f"the image's bytecode was not added: {state}")
+            return time.monotonic() - began
+        time.sleep(POLL_S * 10)
+    raise BenchError(f"the image's bytecode was not added within {BYTECODE_TIMEOUT_S} s")
 
 
 def bare_bwrap() -> float:
@@ -128,8 +149,10 @@ def bench(cli: Cli, rounds: int, memory_mib: int) -> list[Variant]:
         baseline.times.append(bare_bwrap())
         remove_cache(cli.home)
         for variant in (cold, warm):
-            elapsed, spans = timed_start(cli, memory_mib)
+            elapsed, spans, bytecode = timed_start(cli, memory_mib)
             variant.times.append(elapsed)
+            if bytecode is not None:
+                variant.bytecode.append(bytecode)
             for phase, span in spans.items():
                 variant.phases.setdefault(phase, []).append(span)
         print(
@@ -161,6 +184,11 @@ def report(variants: list[Variant]) -> None:
         print("|---|---|")
         for phase, spans in variant.phases.items():
             print(f"| {phase} | {statistics.median(spans):.3f} |")
+    if cold.bytecode:
+        print(
+            f"\ncold start: the bytecode was in the cached copy {statistics.median(cold.bytecode):.1f} s"
+            " after the start began (p50; the enclave runs meanwhile)"
+        )
     p50 = statistics.median(warm.times)
     verdict = "meets" if p50 <= WARM_TARGET_S else "MISSES"
     print(f"\nwarm start p50 {p50:.2f} s: {verdict} the target (≤ {WARM_TARGET_S} s)")

@@ -1,47 +1,47 @@
-"""Bytecode for an unpacked image, compiled in a sandbox and written by the supervisor.
+"""Bytecode for an image's sources, compiled in a sandbox for the image cache.
 
 Why: an enclave server that compiles its ~800 modules at every start spends
 about a second doing it; with ``.pyc`` files next to the sources (and the
-host's own for its standard library) it imports them. The image cache
-(:mod:`._image_cache`) keeps them, in the tree, with their digests in the
-entry's manifest like every other file.
+host's own for its standard library) it imports them instead. The image cache
+(:mod:`._image_cache`) adds them to an entry while the enclave that unpacked
+it runs, with their digests in the entry's manifest like every other file.
 
 What the supervisor trusts: nothing the compiler sandbox (:mod:`._compile`)
-says but code bytes for the paths it was asked, in the order asked. It writes
-each ``.pyc`` itself -- the header (magic number, source mtime and size) from
-the source file it unpacked, the code bytes after it, ``O_EXCL``, read-only --
-and never unmarshals them. A ``.pyc`` the image itself ships is measured
-content and is left as it is. A compiler that fails, is too slow or answers
-out of protocol costs the image its bytecode (the enclave compiles what it
-imports, as without a cache), never the start.
+says but code bytes for the source it was just handed. The sources it hands
+over are read from the entry and checked against the manifest first, so the
+bytecode is compiled from measured bytes. The supervisor writes each ``.pyc``
+itself -- header (magic number, the source's mtime and size) then the code
+bytes -- and never unmarshals them. A compiler that fails, is too slow, or
+answers out of protocol costs the image its bytecode (the enclave then
+compiles what it imports, as without a cache), never a start.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import IO
+from pathlib import PurePosixPath
 
 from strongroom.enclave import _compile
-from strongroom.image._archive import UNPACKED_FILE_MODE, FileDigest
 
 #: How long compiling one image's sources may take before the image goes without.
-COMPILE_TIMEOUT_S = 120.0
+COMPILE_TIMEOUT_S = 300.0
 #: Where the compiler sandbox sees its program.
 COMPILE_PROGRAM = "/run/strongroom/compile.py"
 #: Code bytes accepted per source byte (marshalled code is ~1-3x the source).
 MAX_CODE_PER_SOURCE_BYTE = 16
 _MIN_CODE_ALLOWANCE = 1 << 20
+_WATCH_S = 0.1
 PYCACHE = "__pycache__"
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIRECTORY_MODE = 0o755
+#: What a source's name ends with, and the largest the compiler is handed.
+SOURCE_SUFFIX = ".py"
+MAX_SOURCE_BYTES = _compile.MAX_SOURCE_BYTES
 
 
 class CompilerProtocolError(Exception):
@@ -49,136 +49,98 @@ class CompilerProtocolError(Exception):
 
 
 @dataclass
-class Bytecode:
-    """The ``.pyc`` files and ``__pycache__`` directories written into a tree."""
+class Compiled:
+    """Code bytes by source path; ``problem`` says why some (or all) are missing."""
 
-    files: dict[str, FileDigest] = field(default_factory=dict)
-    dirs: set[str] = field(default_factory=set)
-    #: Why there is no bytecode (or only some), for the supervisor's log.
+    codes: dict[str, bytes] = field(default_factory=dict)
     problem: str | None = None
 
 
-def sources_to_compile(files: dict[str, FileDigest]) -> list[str]:
-    """The ``.py`` files of an unpacked tree that the compiler is asked for."""
-    return sorted(name for name, digest in files.items() if _is_source(name, digest))
-
-
-def _is_source(name: str, digest: FileDigest) -> bool:
-    return name.endswith(".py") and digest.size <= _compile.MAX_SOURCE_BYTES
-
-
 def pyc_path(source: str) -> str | None:
-    """Where the import system looks for the bytecode of ``source`` (relative), or None."""
+    """Where the import system looks for the bytecode of ``source`` (relative), or None
+    if this interpreter caches no bytecode."""
     tag = sys.implementation.cache_tag
     if tag is None:
         return None
     path = PurePosixPath(source)
-    return str(path.parent / PYCACHE / f"{path.name[: -len('.py')]}.{tag}.pyc")
+    return str(path.parent / PYCACHE / f"{path.name[: -len(SOURCE_SUFFIX)]}.{tag}.pyc")
 
 
-def compile_command(bwrap: str, tree_fd: int) -> list[str]:
-    """A sandbox that runs the host's :mod:`._compile` over the tree at ``tree_fd``.
+def pyc_data(code: bytes, source: os.stat_result) -> bytes:
+    """A timestamp-checked ``.pyc`` (PEP 552) of ``code`` for a source with ``source``'s
+    mtime and size: the import system uses it as long as the source is unchanged."""
+    header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little")
+    header += (int(source.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+    header += (source.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + code
 
-    No network, no capabilities, nothing writable but a small private /tmp;
-    the tree is read-only. bubblewrap closes ``tree_fd`` before it starts the
-    program, so the program holds no descriptor of a host directory.
-    """
+
+def compile_command(bwrap: str) -> list[str]:
+    """A sandbox that runs the host's :mod:`._compile`: no network, no capabilities,
+    nothing of the host but its read-only system files, nothing writable but a small
+    private /tmp."""
     from strongroom.enclave.sandbox import host_system_binds
-    from strongroom.server import IMAGE_MOUNT
 
     executable, binds = host_system_binds()
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session"]
-    argv += ["--cap-drop", "ALL", "--clearenv", "--setenv", "LANG", "C.UTF-8"]
-    argv += [*binds, "--ro-bind-fd", str(tree_fd), IMAGE_MOUNT]
+    argv += ["--cap-drop", "ALL", "--clearenv", "--setenv", "LANG", "C.UTF-8", *binds]
     argv += ["--ro-bind", _compile.__file__, COMPILE_PROGRAM]
     argv += ["--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/"]  # noqa: S108 - private
     return [*argv, "--", str(executable), "-I", "-S", "-B", COMPILE_PROGRAM]
 
 
-def compile_tree(bwrap: str, tree_fd: int, tree: Path, sources: Sequence[str]) -> Bytecode:
-    """Compile ``sources`` (relative to ``tree``) in a sandbox; write their ``.pyc`` files."""
-    result = Bytecode()
-    if not sources or sys.implementation.cache_tag is None:
+def compile_sources(
+    bwrap: str,
+    sources: Iterable[tuple[str, bytes]],
+    *,
+    cancelled: threading.Event,
+    timeout: float = COMPILE_TIMEOUT_S,
+) -> Compiled:
+    """Compile ``(path, source)`` pairs in a sandbox, one at a time; stops early (with
+    what it has) when ``cancelled`` is set or ``timeout`` passes."""
+    result = Compiled()
+    if sys.implementation.cache_tag is None:
         return result
-    allowance = _MIN_CODE_ALLOWANCE + MAX_CODE_PER_SOURCE_BYTE * sum(
-        (tree / source).stat().st_size for source in sources
-    )
     process = subprocess.Popen(
-        compile_command(bwrap, tree_fd),
+        compile_command(bwrap),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        pass_fds=(tree_fd,),
     )
-    timer = threading.Timer(COMPILE_TIMEOUT_S, process.kill)
-    timer.start()
+    watcher = threading.Thread(
+        target=_watch, args=(process, cancelled, time.monotonic() + timeout), daemon=True
+    )
+    watcher.start()
+    assert process.stdin is not None and process.stdout is not None
     try:
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(b"".join(s.encode() + b"\0" for s in sources))
-            process.stdin.close()
-            _read_records(process.stdout, tree, sources, allowance, result)
-        except (CompilerProtocolError, BrokenPipeError) as e:
-            result.problem = f"the compiler sandbox failed: {e or type(e).__name__}"
+        for path, source in sources:
+            raw = path.encode(errors="surrogateescape")
+            _compile.write_record(process.stdin, raw, source)
+            answer = _compile.read_record(process.stdout, _allowance(source))
+            if answer is None or answer[0] != raw:
+                raise CompilerProtocolError("no answer, or an answer for another source")
+            if answer[1]:
+                result.codes[path] = answer[1]
+        _compile.write_record(process.stdin, b"", b"")
+    except (CompilerProtocolError, OSError) as e:
+        stopped = "stopped" if cancelled.is_set() else "killed, or out of time?"
+        result.problem = f"the compiler sandbox failed ({stopped}): {e}"
     finally:
-        timer.cancel()
-        process.kill()
-        process.wait()
-        timer.join()
-    if result.problem is None and process.returncode not in (0, -9):
-        result.problem = f"the compiler sandbox exited with {process.returncode}"
+        for stream in (process.stdin, process.stdout):
+            stream.close()
+        if process.wait() not in (0, -9) and result.problem is None:
+            result.problem = f"the compiler sandbox exited with {process.returncode}"
+        watcher.join()
     return result
 
 
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise CompilerProtocolError("its output ended early (killed, or out of time?)")
-    return data
+def _allowance(source: bytes) -> int:
+    return _MIN_CODE_ALLOWANCE + MAX_CODE_PER_SOURCE_BYTE * len(source)
 
 
-def _read_records(
-    stream: IO[bytes], tree: Path, sources: Sequence[str], allowance: int, result: Bytecode
-) -> None:
-    length = _compile.LENGTH
-    for expected in [*sources, ""]:
-        (path_size,) = length.unpack(_read_exactly(stream, length.size))
-        if path_size != len(expected.encode()):
-            raise CompilerProtocolError(f"it answered for another path than {expected!r}")
-        if _read_exactly(stream, path_size).decode(errors="replace") != expected:
-            raise CompilerProtocolError(f"it answered for another path than {expected!r}")
-        (data_size,) = length.unpack(_read_exactly(stream, length.size))
-        if data_size > allowance:
-            raise CompilerProtocolError("it answered more code than its sources can make")
-        allowance -= data_size
-        data = _read_exactly(stream, data_size)
-        if expected and data:
-            _write_pyc(tree, expected, data, result)
-
-
-def _write_pyc(tree: Path, source: str, code: bytes, result: Bytecode) -> None:
-    """Write the ``.pyc`` of ``source`` (header from the source file), unless one exists."""
-    target = pyc_path(source)
-    if target is None:
-        return
-    status = os.stat(tree / source, follow_symlinks=False)
-    header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little")
-    header += (int(status.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-    header += (status.st_size & 0xFFFFFFFF).to_bytes(4, "little")
-    directory = str(PurePosixPath(target).parent)
-    if directory not in result.dirs:
-        try:
-            os.mkdir(tree / directory, _DIRECTORY_MODE)
-            result.dirs.add(directory)
-        except FileExistsError:
-            if not (tree / directory).is_dir() or (tree / directory).is_symlink():
-                return  # the image has a file of that name: no bytecode for this one
-    data = header + code
-    try:
-        fd = os.open(tree / target, _CREATE_FLAGS, UNPACKED_FILE_MODE)
-    except FileExistsError:
-        return  # the image ships its own (measured) bytecode
-    with open(fd, "wb") as out:
-        out.write(data)
-        mode = os.fstat(out.fileno()).st_mode & 0o7777
-    result.files[target] = FileDigest(hashlib.sha256(data).hexdigest(), len(data), mode)
+def _watch(process: subprocess.Popen[bytes], cancelled: threading.Event, deadline: float) -> None:
+    """Kill the compiler when the caller cancels or the time is up; end with it."""
+    while process.poll() is None:
+        if cancelled.wait(_WATCH_S) or time.monotonic() > deadline:
+            process.kill()
+            return

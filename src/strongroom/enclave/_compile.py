@@ -6,73 +6,90 @@ compiling (~1 s of the enclave server's start). The sources are the vendor's:
 a hostile image could aim at a bug in CPython's compiler, so compiling never
 happens in the supervisor (which holds the workspace CA's key). The supervisor
 runs this file -- the host's copy, as a program: standard library only -- in a
-bubblewrap sandbox with no network, no capabilities, no writable file system
-and the unpacked tree read-only at ``/image``, and this program limits its own
-memory and CPU time before it reads anything.
+bubblewrap sandbox with no network, no capabilities and no file system but the
+host's read-only system files; this program lowers its priority and limits its
+own memory and CPU time before it reads anything.
 
-Protocol. stdin: the paths to compile, relative to ``/image``, each ended by a
-NUL. stdout: for each path, in order, a record ``u32 path length ‖ path ‖ u32
-data length ‖ data`` (big-endian), where data is :func:`marshal.dumps` of the
-code object, or empty when the source does not compile; then a record with an
-empty path. The supervisor checks the paths, never unmarshals the data, and
-writes the ``.pyc`` header itself, from the source file it holds.
+Protocol, one source at a time (the supervisor writes a source, then reads its
+answer). A record is ``u32 path length ‖ path ‖ u32 data length ‖ data``
+(big-endian). stdin: records of a path (relative to ``/image``) and the
+source's bytes, which the supervisor has checked against the image cache's
+manifest; an empty path ends. stdout: for each, a record of the same path and
+:func:`marshal.dumps` of its code object, or empty data when the source does
+not compile. The supervisor never unmarshals the data: it writes the ``.pyc``
+header itself and the data after it.
 """
 
 from __future__ import annotations
 
 import marshal
+import os
 import resource
 import struct
 import sys
-from typing import BinaryIO
+from typing import IO
 
-#: Where the sandbox mounts the unpacked tree (also the file names code objects carry).
+#: Where the enclave sees the image (the file names code objects carry).
 ROOT = "/image"
 LENGTH = struct.Struct(">I")
 #: Address space and CPU seconds the compiler may use, whatever the sources are.
 ADDRESS_SPACE_BYTES = 2 << 30
 CPU_SECONDS = 300
-#: Sources larger than this are left to the enclave to compile when imported.
+#: Sources larger than this are left to the enclave to compile when it imports them.
 MAX_SOURCE_BYTES = 4 << 20
+#: Compiling is background work: it yields to the enclaves and everything else.
+NICENESS = 10
 
 
 def _limit_self() -> None:
+    os.nice(NICENESS)
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_BYTES, ADDRESS_SPACE_BYTES))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def code_bytes(path: str) -> bytes:
-    """The marshalled code object of ``ROOT/path``, or b"" if it does not compile.
+def code_bytes(path: str, source: bytes) -> bytes:
+    """The marshalled code object of ``source``, or b"" if it does not compile.
 
     Compiled as the import system does (``dont_inherit``, no optimisation: the
     enclave runs without ``-O``), under the name the enclave imports it by.
     """
-    name = f"{ROOT}/{path}"
     try:
-        with open(name, "rb") as f:
-            source = f.read(MAX_SOURCE_BYTES + 1)
-        if len(source) > MAX_SOURCE_BYTES:
-            return b""
-        code = compile(source, name, "exec", dont_inherit=True, optimize=0)
-    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        code = compile(source, f"{ROOT}/{path}", "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return b""
     return marshal.dumps(code)
 
 
-def _record(out: BinaryIO, path: bytes, data: bytes) -> None:
-    out.write(LENGTH.pack(len(path)) + path + LENGTH.pack(len(data)))
-    out.write(data)
+def read_record(stream: IO[bytes], limit: int) -> tuple[bytes, bytes] | None:
+    """One record, or None at the end of the stream or when a part is over ``limit``."""
+    parts = []
+    for _ in range(2):
+        head = stream.read(LENGTH.size)
+        if len(head) != LENGTH.size:
+            return None
+        (size,) = LENGTH.unpack(head)
+        if size > limit:
+            return None
+        part = stream.read(size)
+        if len(part) != size:
+            return None
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def write_record(stream: IO[bytes], path: bytes, data: bytes) -> None:
+    stream.write(LENGTH.pack(len(path)) + path + LENGTH.pack(len(data)))
+    stream.write(data)
+    stream.flush()
 
 
 def main() -> int:
     _limit_self()
-    out = sys.stdout.buffer
-    for raw in sys.stdin.buffer.read().split(b"\0"):
-        if raw:
-            _record(out, raw, code_bytes(raw.decode()))
-    _record(out, b"", b"")
-    out.flush()
+    while (record := read_record(sys.stdin.buffer, MAX_SOURCE_BYTES)) is not None and record[0]:
+        path, source = record
+        code = code_bytes(path.decode(errors="surrogateescape"), source)
+        write_record(sys.stdout.buffer, path, code)
     return 0
 
 

@@ -1,39 +1,49 @@
 """Verified unpacked copies of images, kept in the workspace and keyed by measurement.
 
-Unpacking an image (~60 MB in ~3,000 files for the runtime alone) and the
-enclave server compiling its modules are most of a first ``enclave start``. A
-start of an image started before instead reuses the copy made then -- after
-checking that it is still exactly what was measured.
+Unpacking an image (~55 MB in ~3,000 files for the runtime alone) and the
+enclave server compiling its ~800 modules are most of a first ``enclave
+start``. A start of an image started before instead uses the copy made then,
+with its bytecode -- after checking that it is still exactly what was measured.
 
 Layout of ``run/image-cache/`` (mode 0700)::
 
     .lock               held to publish, evict and sweep entries
-    .<PCR0>.lock        held while a start looks up, checks or builds that image's entry
+    .<layout>.lock      held while a start of an image with that section layout
+                        looks for, checks or unpacks its entry (and to add bytecode)
     <PCR0>/             an entry: read-only (directories 0555, files 0444 or 0555)
         manifest.json   the PCRs, the section layout, every directory and every
                         file with its size, mode and SHA-256
-        tree/           runtime/, app-packages/, vendor/ and their bytecode;
-                        the sandbox's /image
-    .staging-<random>/  an entry being built (its builder holds a lock on it)
+        tree/           runtime/, app-packages/, vendor/ (and, once added, the
+                        sources' __pycache__/); the sandbox's /image
+    .staging-<random>/  an entry being unpacked (its builder holds a lock on it)
     .retired-<random>/  an entry moved aside; removed once no enclave uses it
 
 Invariants:
 
-- **What runs is what was measured.** An entry is built by unpacking the
-  image in the same pass that measures it, taking each file's digest from the
-  bytes written (:func:`~strongroom.image.extract.unpack_image`), plus
-  bytecode compiled from those files in a sandbox (:mod:`._bytecode`). A later
-  start measures the image again (one SHA-384 over the file), and uses the
-  entry only if its manifest is for exactly these PCRs and section layout and
-  the tree holds exactly the manifest's directories and files, with their
-  sizes, read-only modes and SHA-256 digests, owned by this user, and no link
-  or other kind of file. The check reads the tree through the very directory
-  descriptor that bubblewrap then mounts (``--ro-bind-fd``), so the directory
-  checked is the directory mounted. An entry that fails is moved aside and the
-  image unpacked again; the start says so.
-- **Complete or absent.** An entry is built under ``.staging-*``, sealed
+- **What runs is what was measured.** An entry is made by unpacking the image
+  in the same pass that measures it, each file's digest taken from the bytes
+  written (:func:`~strongroom.image.extract.unpack_image`). A later start
+  measures the image again (one SHA-384 over the file, in a thread beside the
+  check), and uses the entry only if its manifest is for exactly these PCRs,
+  section layout and interpreter ABI, and the tree holds exactly the
+  manifest's directories and files -- sizes, read-only modes, SHA-256
+  digests, owned by this user, no link or other kind of file. The check reads
+  the tree through the very directory descriptor that bubblewrap then mounts
+  (``--ro-bind-fd``): the directory checked is the directory mounted. An
+  entry that fails is moved aside and the image unpacked again; the start
+  says so.
+- **Bytecode from measured bytes.** While the enclave that unpacked an entry
+  runs, its supervisor reads the entry's sources, checks each against the
+  manifest, has them compiled in a sandbox of their own (:mod:`._bytecode`)
+  and adds the ``.pyc`` files -- each renamed into place whole, then listed
+  with its digest in a new manifest (:meth:`ImageCache.add_bytecode`). A
+  ``.pyc`` is used by the import system only while its source is unchanged,
+  and checked like every other file at the next start.
+- **Complete or absent.** An entry is unpacked under ``.staging-*``, sealed
   read-only, then renamed into place; a build that fails removes its staging
-  directory, and one that was killed leaves it to the next sweep.
+  directory, one that was killed leaves it to the next sweep. Adding bytecode
+  replaces the manifest last: stopped half-way, it leaves files the manifest
+  does not list, and the next start's check moves the entry aside.
 - **Never removed while in use.** Each enclave holds a shared ``flock`` on its
   entry while it runs (released by the kernel however the supervisor ends);
   an entry is removed only by whoever gets that lock exclusively. (Removing a
@@ -41,7 +51,7 @@ Invariants:
 - **Bounded.** At most :data:`MAX_ENTRIES` entries are kept: the least
   recently started go first, but never one in use.
 - **Two starts at once** of the same image: the second waits for the first's
-  build, then checks and reuses it.
+  unpacking, then checks and uses its entry.
 
 What the check cannot stop: the workspace's owner (or root) changing a file
 *after* the check, while the enclave runs, or rewriting a manifest to match
@@ -62,15 +72,21 @@ import os
 import secrets
 import shutil
 import stat
-import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from strongroom._internal.background import Background
 from strongroom._internal.files import locked
-from strongroom.enclave._bytecode import Bytecode
+from strongroom.enclave._bytecode import (
+    MAX_SOURCE_BYTES,
+    SOURCE_SUFFIX,
+    Compiled,
+    pyc_data,
+    pyc_path,
+)
 from strongroom.errors import StrongroomError, TamperedError
 from strongroom.image import Measurements
 from strongroom.image._archive import FileDigest
@@ -87,6 +103,8 @@ FORMAT = "strongroom-image-cache/1"
 MAX_MANIFEST_BYTES = 64 << 20
 _READ_CHUNK = 1 << 20
 _SEALED_DIR_MODE = 0o555
+_WRITABLE_DIR_MODE = 0o755
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITE_BITS = 0o222
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,8 +112,8 @@ _STAGING = ".staging-"
 _RETIRED = ".retired-"
 
 Progress = Callable[[str], None]
-#: Compiles the sources of a tree (its descriptor, its path, the sources) into bytecode.
-Compiler = Callable[[int, Path, list[str]], Bytecode]
+#: Compiles ``(path, source)`` pairs to code bytes until cancelled (see :mod:`._bytecode`).
+SourceCompiler = Callable[[Iterable[tuple[str, bytes]], threading.Event], Compiled]
 
 
 class CacheEntryInvalid(Exception):
@@ -111,11 +129,14 @@ class Manifest:
     dirs: set[str]
     files: dict[str, FileDigest]
     abi: str = field(default_factory=host_abi)
+    #: Whether the ``.pyc`` files of the sources were added (:meth:`ImageCache.add_bytecode`).
+    bytecode: bool = False
 
     def to_bytes(self) -> bytes:
         value = {
             "format": FORMAT,
             "abi": self.abi,
+            "bytecode": self.bytecode,
             "pcrs": {"PCR0": self.measurements.pcr0, "PCR1": self.measurements.pcr1,
                      "PCR2": self.measurements.pcr2},
             "layout": self.layout.to_json(),
@@ -130,7 +151,7 @@ class Manifest:
         try:
             value = json.loads(data)
             if not isinstance(value, dict) or set(value) != {
-                "format", "abi", "pcrs", "layout", "dirs", "files"
+                "format", "abi", "bytecode", "pcrs", "layout", "dirs", "files"
             } or value["format"] != FORMAT:  # fmt: skip
                 raise ValueError("not a manifest of this format")
             pcrs = value["pcrs"]
@@ -141,7 +162,16 @@ class Manifest:
                 _relative(name): FileDigest(str(sha), int(size), int(mode))
                 for name, (sha, size, mode) in value["files"].items()
             }
-            return cls(measurements, layout, dirs, files, abi=str(value["abi"]))
+            if not isinstance(value["bytecode"], bool):
+                raise ValueError("bytecode is not a boolean")
+            return cls(
+                measurements,
+                layout,
+                dirs,
+                files,
+                abi=str(value["abi"]),
+                bytecode=value["bytecode"],
+            )
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CacheEntryInvalid(f"its manifest is malformed ({e})") from e
 
@@ -165,6 +195,8 @@ class CachedImage:
     reused: bool
     #: Why an entry of this image was not reused (it was unpacked again), if one existed.
     discarded: str | None = None
+    #: Whether the entry holds the bytecode of its sources (else: ImageCache.add_bytecode).
+    has_bytecode: bool = False
 
     def close(self) -> None:
         for name in ("tree_fd", "entry_fd"):
@@ -181,57 +213,63 @@ class ImageCache:
         self.root = root
         self.max_entries = max_entries
 
-    def open(
-        self,
-        image: Path,
-        *,
-        progress: Progress | None = None,
-        compiler: Compiler | None = None,
-    ) -> CachedImage:
-        """A checked entry for ``image``: reused if one is valid, else built now.
+    def open(self, image: Path, *, progress: Progress | None = None) -> CachedImage:
+        """A checked entry for ``image``: reused if one is valid, else unpacked now.
 
-        The image is measured in a thread while the entry whose section layout
-        matches is checked (both are mostly hashing): the entry is used only if
-        it is for exactly the PCRs just measured.
+        Starts of images with the same section layout (read from the image's
+        headers) are serialised. If an entry has that layout, the image is
+        measured in a thread while the entry is checked (both are mostly
+        hashing), and the entry is used only if it is for exactly the PCRs
+        just measured. Otherwise the image is unpacked, measured in that pass.
         """
         report = progress or (lambda _message: None)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         layout = _layout_of(image)
-        measuring = Background(lambda: measure_local_image(image), name="measure")
-        discarded = None
-        candidate = self._candidate(layout)
-        if candidate is not None:
-            report("measuring the image and checking the copy unpacked at an earlier start")
-            cached, problem = self._try_reuse(candidate, layout)
-            measurements, measured_layout = measuring.result()
-            if cached is not None:
-                if (cached.measurements, measured_layout) == (measurements, layout):
-                    self.evict()
-                    return cached
-                cached.close()  # another image's copy; this image's is looked up by its PCR0
-            elif candidate == measurements.pcr0:
-                discarded = problem
-        else:
-            report("measuring the image")
-            measurements, measured_layout = measuring.result()
-        key = measurements.pcr0
-        with locked(self.root / f".{key}.lock"):
-            if candidate != key and (self.root / key).exists():
-                report("checking the copy unpacked at an earlier start")
-                try:
-                    cached = self._reuse(key, measured_layout)
-                    if cached.measurements == measurements:
-                        return cached
-                    cached.close()
-                    discarded = "its manifest is for another image"
-                except CacheEntryInvalid as e:
-                    discarded = str(e)
-                self._retire(self.root / key)
-            report("unpacking the image (its first start in this workspace)")
-            cached = self._build(image, measurements, measured_layout, report, compiler)
-            cached.discarded = discarded
+        with locked(self._lock_of(layout)):
+            cached, discarded, measurements = self._reuse_any(image, layout, report)
+            if cached is None:
+                report("unpacking the image (its first start in this workspace)")
+                cached = self._build(image, layout, measurements)
+                cached.discarded = discarded
         self.evict()
         return cached
+
+    def _lock_of(self, layout: SectionLayout) -> Path:
+        digest = hashlib.sha256(json.dumps(layout.to_json()).encode()).hexdigest()[:32]
+        return self.root / f".{digest}.lock"
+
+    def _reuse_any(
+        self, image: Path, layout: SectionLayout, report: Progress
+    ) -> tuple[CachedImage | None, str | None, Measurements | None]:
+        """A checked entry for ``image`` if one is valid; else why this image's entry was
+        not (if it had one), and the measurements if they were taken."""
+        candidate = self._candidate(layout)
+        if candidate is None:
+            return None, None, None
+        report("measuring the image and checking the copy unpacked at an earlier start")
+        measuring = Background(lambda: measure_local_image(image), name="measure")
+        cached, problem = self._try_reuse(candidate, layout)
+        measurements, measured_layout = measuring.result()
+        if measured_layout != layout:
+            if cached is not None:
+                cached.close()
+            raise _changed(image)
+        key = measurements.pcr0
+        if cached is not None and cached.measurements == measurements:
+            return cached, None, measurements
+        if cached is not None:
+            cached.close()  # another image's copy, of the same layout
+        discarded = problem if candidate == key else None
+        if candidate != key and (self.root / key).exists():
+            report("checking the copy unpacked at an earlier start")
+            cached, problem = self._try_reuse(key, layout)
+            if cached is not None and cached.measurements == measurements:
+                return cached, None, measurements
+            if cached is not None:
+                cached.close()
+                self._retire(self.root / key)
+            discarded = problem or "its manifest is for another image"
+        return None, discarded, measurements
 
     def _candidate(self, layout: SectionLayout) -> str | None:
         """The most recently used entry for an image with ``layout``, if any."""
@@ -253,13 +291,12 @@ class ImageCache:
         return [name for _, name in sorted(entries, reverse=True)]
 
     def _try_reuse(self, key: str, layout: SectionLayout) -> tuple[CachedImage | None, str | None]:
-        """:meth:`_reuse` under the entry's lock; an entry that fails is moved aside."""
-        with locked(self.root / f".{key}.lock"):
-            try:
-                return self._reuse(key, layout), None
-            except CacheEntryInvalid as e:
-                self._retire(self.root / key)
-                return None, str(e)
+        """:meth:`_reuse`, or None and why: an entry that fails its check is moved aside."""
+        try:
+            return self._reuse(key, layout), None
+        except CacheEntryInvalid as e:
+            self._retire(self.root / key)
+            return None, str(e)
 
     # --- reuse ----------------------------------------------------------------
 
@@ -293,18 +330,22 @@ class ImageCache:
             if isinstance(e, OSError):
                 raise CacheEntryInvalid(f"it cannot be read ({e})") from e
             raise
-        return CachedImage(manifest.measurements, tree_fd, entry_fd, path, reused=True)
+        return CachedImage(
+            manifest.measurements,
+            tree_fd,
+            entry_fd,
+            path,
+            reused=True,
+            has_bytecode=manifest.bytecode,
+        )
 
     # --- build ----------------------------------------------------------------
 
     def _build(
-        self,
-        image: Path,
-        measurements: Measurements,
-        layout: SectionLayout,
-        report: Progress,
-        compiler: Compiler | None,
+        self, image: Path, layout: SectionLayout, expected: Measurements | None
     ) -> CachedImage:
+        """Unpack ``image`` into a new entry (measured in that pass); it must still have
+        ``layout`` (and the ``expected`` PCRs, if they were measured already)."""
         staging = self.root / f"{_STAGING}{secrets.token_hex(8)}"
         staging.mkdir(mode=0o700)
         entry_fd = _open_dir(staging)
@@ -312,17 +353,12 @@ class ImageCache:
         tree_fd = -1
         try:
             unpacked = unpack_image(image, staging / TREE)
-            if (unpacked.measurements, unpacked.layout) != (measurements, layout):
-                raise TamperedError(
-                    f"{image} changed while the enclave was starting",
-                    hint="start it again once nothing writes to the image",
-                )
+            measurements = unpacked.measurements
+            if unpacked.layout != layout or expected not in (None, measurements):
+                raise _changed(image)
             manifest = Manifest(measurements, layout, unpacked.dirs(), unpacked.files())
             tree_fd = _open_dir(TREE, dir_fd=entry_fd, label=TREE)
-            if compiler is not None:
-                report("compiling the image's Python bytecode")
-                self._add_bytecode(manifest, compiler(tree_fd, staging / TREE, _sources(manifest)))
-            _write_manifest(staging, manifest)
+            _write_manifest(entry_fd, manifest)
             _seal(entry_fd)
             path = self._publish(staging, entry_fd, measurements.pcr0)
         except BaseException as e:
@@ -338,12 +374,44 @@ class ImageCache:
             raise
         return CachedImage(measurements, tree_fd, entry_fd, path, reused=False)
 
-    @staticmethod
-    def _add_bytecode(manifest: Manifest, bytecode: Bytecode) -> None:
-        if bytecode.problem:
-            print(f"image cache: no bytecode for some modules: {bytecode.problem}", file=sys.stderr)
-        manifest.dirs |= bytecode.dirs
-        manifest.files.update(bytecode.files)
+    # --- bytecode -------------------------------------------------------------
+
+    def add_bytecode(
+        self, cached: CachedImage, compile_sources: SourceCompiler, cancelled: threading.Event
+    ) -> str | None:
+        """Compile the entry's sources (checked against its manifest) and add their
+        ``.pyc`` files to it, under a new manifest; return what went wrong, if anything.
+
+        Called while an enclave runs from the entry (its shared lock is held): each
+        ``.pyc`` appears whole (written aside, then renamed), and the import system
+        uses it only for the unchanged source it was made from. Compiling happens
+        outside the entry's lock; the additions, under it. Stopped by ``cancelled``
+        (the enclave ends) before the additions begin.
+        """
+        if cached.has_bytecode:
+            return None
+        manifest = _read_manifest(cached.entry_fd)
+        if manifest.bytecode:
+            cached.has_bytecode = True
+            return None
+        tree_fd = _open_dir(TREE, dir_fd=cached.entry_fd, label=TREE)
+        try:
+            sources: dict[str, os.stat_result] = {}
+            compiled = compile_sources(_checked_sources(tree_fd, manifest, sources), cancelled)
+            if cancelled.is_set():
+                return "the enclave stopped before its bytecode was compiled"
+            with locked(self._lock_of(manifest.layout)):
+                if _read_manifest(cached.entry_fd) != manifest or not _same_file(
+                    os.stat(cached.path, follow_symlinks=False), os.fstat(cached.entry_fd)
+                ):
+                    return "the entry changed while its bytecode was compiled"
+                _add_pyc_files(cached.entry_fd, tree_fd, manifest, compiled.codes, sources)
+            cached.has_bytecode = True
+            return compiled.problem
+        except CacheEntryInvalid as e:
+            return f"the entry failed its check ({e})"
+        finally:
+            os.close(tree_fd)
 
     def _publish(self, staging: Path, entry_fd: int, key: str) -> Path:
         """Rename the sealed staging directory into place; keep using it (shared lock)."""
@@ -385,10 +453,112 @@ class ImageCache:
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
 
 
-def _sources(manifest: Manifest) -> list[str]:
-    from strongroom.enclave._bytecode import sources_to_compile
+def _checked_sources(
+    tree_fd: int, manifest: Manifest, stats: dict[str, os.stat_result]
+) -> Iterator[tuple[str, bytes]]:
+    """The entry's Python sources, each as read and found equal to its manifest digest
+    (its status noted in ``stats``, for its ``.pyc`` header)."""
+    for name, expected in sorted(manifest.files.items()):
+        if not name.endswith(SOURCE_SUFFIX) or expected.size > MAX_SOURCE_BYTES:
+            continue
+        fd = os.open(name, _FILE_FLAGS, dir_fd=tree_fd)
+        with open(fd, "rb", buffering=0) as f:
+            status = os.fstat(fd)
+            data = f.read(expected.size + 1)
+        if hashlib.sha256(data).hexdigest() != expected.sha256:
+            raise CacheEntryInvalid(f"{name} differs from what was unpacked")
+        stats[name] = status
+        yield name, data
 
-    return sources_to_compile(manifest.files)
+
+def _add_pyc_files(
+    entry_fd: int,
+    tree_fd: int,
+    manifest: Manifest,
+    codes: dict[str, bytes],
+    sources: dict[str, os.stat_result],
+) -> None:
+    """Write the ``.pyc`` files of ``codes`` and a manifest that lists them, unsealing
+    only the directories that change, and sealing them again."""
+    added: dict[str, FileDigest] = {}
+    new_dirs: set[str] = set()
+    unsealed: list[int] = [os.open(".", _DIR_FLAGS, dir_fd=entry_fd)]
+    opened: dict[str, int] = {}
+    try:
+        os.fchmod(unsealed[0], _WRITABLE_DIR_MODE)
+        for source, code in sorted(codes.items()):
+            target = pyc_path(source)
+            if target is None or target in manifest.files:
+                continue  # no bytecode here, or the image ships its own (measured)
+            cache_dir = str(PurePosixPath(target).parent)
+            if cache_dir not in opened:
+                fd = _open_cache_dir(tree_fd, cache_dir, cache_dir in manifest.dirs, unsealed)
+                if fd < 0:
+                    continue  # the image has a file named __pycache__ there
+                opened[cache_dir] = fd
+                if cache_dir not in manifest.dirs:
+                    new_dirs.add(cache_dir)
+            data = pyc_data(code, sources[source])
+            name = PurePosixPath(target).name
+            _write_whole(opened[cache_dir], name, data)
+            added[target] = FileDigest(hashlib.sha256(data).hexdigest(), len(data), 0o444)
+        manifest.files.update(added)
+        manifest.dirs |= new_dirs
+        manifest.bytecode = True
+        _write_manifest(entry_fd, manifest, replace=True)
+    finally:
+        for fd in [*unsealed, *opened.values()]:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, _SEALED_DIR_MODE)
+            os.close(fd)
+
+
+def _open_cache_dir(tree_fd: int, cache_dir: str, exists: bool, unsealed: list[int]) -> int:
+    """A writable descriptor of ``cache_dir`` (a ``__pycache__``), made if need be; its
+    parent is unsealed to make it (and noted in ``unsealed``). -1 if it cannot be."""
+    parent = _open_path(tree_fd, str(PurePosixPath(cache_dir).parent))
+    unsealed.append(parent)
+    name = PurePosixPath(cache_dir).name
+    if not exists:
+        os.fchmod(parent, _WRITABLE_DIR_MODE)
+        try:
+            os.mkdir(name, _WRITABLE_DIR_MODE, dir_fd=parent)
+        except FileExistsError:
+            return -1
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError:
+        return -1
+    os.fchmod(fd, _WRITABLE_DIR_MODE)
+    return fd
+
+
+def _open_path(tree_fd: int, relative: str) -> int:
+    """A descriptor of the directory ``relative`` below ``tree_fd``, each step without
+    following a link."""
+    fd = os.open(".", _DIR_FLAGS, dir_fd=tree_fd)
+    for part in PurePosixPath(relative).parts:
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _write_whole(dir_fd: int, name: str, data: bytes) -> None:
+    """Make ``name`` a read-only file of ``data``: written aside, then renamed into
+    place (over what was there), so that a reader meanwhile sees all of it or nothing."""
+    temporary = f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(temporary, _CREATE_FLAGS, 0o444, dir_fd=dir_fd)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
 
 
 # --- file system helpers ---------------------------------------------------------------
@@ -407,6 +577,13 @@ def _open_dir(path: Path | str, *, dir_fd: int | None = None, label: str | None 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _changed(image: Path) -> TamperedError:
+    return TamperedError(
+        f"{image} changed while the enclave was starting",
+        hint="start it again once nothing writes to the image",
+    )
 
 
 def _layout_of(image: Path) -> SectionLayout:
@@ -439,8 +616,12 @@ def _read_manifest(entry_fd: int) -> Manifest:
     return Manifest.parse(data)
 
 
-def _write_manifest(staging: Path, manifest: Manifest) -> None:
-    fd = os.open(staging / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+def _write_manifest(entry_fd: int, manifest: Manifest, *, replace: bool = False) -> None:
+    """Write the manifest of an entry (``replace``: over the one it has, whole)."""
+    if replace:
+        _write_whole(entry_fd, MANIFEST, manifest.to_bytes())
+        return
+    fd = os.open(MANIFEST, _CREATE_FLAGS, 0o444, dir_fd=entry_fd)
     with open(fd, "wb") as f:
         f.write(manifest.to_bytes())
 

@@ -7,8 +7,9 @@ Nitro hypervisor and ``nitro-cli`` for one enclave, in this order:
 2. measure the image, and get its unpacked tree from the image cache
    (:mod:`._image_cache`): the verified copy of an earlier start, checked
    file by file, or a copy unpacked now in the same read that measures it
-   (what is measured is what runs), with bytecode compiled in a sandbox of its
-   own; each step is recorded as the start's ``phase``, for the CLI's progress;
+   (what is measured is what runs); each step is recorded as the start's
+   ``phase``, for the CLI's progress. Meanwhile, in a thread, load the
+   attestor's authority, create the limits and bind the sockets (steps 4-5);
 3. register the PCRs the attestor will sign: the image's, or all-zero PCR0-2
    for a debug enclave (as on Nitro);
 4. create the memory/CPU limits (:mod:`._limits`);
@@ -17,7 +18,9 @@ Nitro hypervisor and ``nitro-cli`` for one enclave, in this order:
    here with the workspace CA) and the egress socket (relayed per connection
    to the workspace egress proxy);
 6. start bubblewrap (:func:`~strongroom.enclave.sandbox.sandbox_command`)
-   inside the limits, record ``RUNNING`` and wait;
+   inside the limits, record ``RUNNING`` and wait; once the server answers, if
+   the image's copy has no bytecode yet, compile it into the copy in the
+   background (for the next start), at low priority;
 7. when the sandbox ends, or on SIGTERM (``enclave stop``: the sandbox is
    killed), record the outcome (exit code, OOM kills, signal) and remove the
    sockets and the cgroups, and let go of the image cache's copy (it stays).
@@ -39,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -48,7 +52,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from strongroom._internal import services
 from strongroom._internal.background import Background
-from strongroom.enclave._bytecode import compile_tree
+from strongroom.enclave import _compile
+from strongroom.enclave._bytecode import compile_sources
 from strongroom.enclave._image_cache import CachedImage, ImageCache
 from strongroom.enclave._limits import Limits, create_limits
 from strongroom.enclave.base import EnclaveSpec, State
@@ -58,6 +63,7 @@ from strongroom.enclave.sandbox import (
     bwrap_path,
     cgroup_id,
     cleanup,
+    describe,
     sandbox_command,
 )
 from strongroom.errors import EvidenceError, InvalidInputError, StrongroomError
@@ -78,6 +84,8 @@ PCR_SIZE = 48
 DEBUG_PCRS = (0, 1, 2)
 #: Where, in the workspace's ``run/``, the image cache keeps its copies.
 IMAGE_CACHE_DIR = "image-cache"
+#: How often the bytecode thread asks whether the server answers yet.
+_ANSWER_POLL_S = 0.1
 
 
 class _Terminated(Exception):
@@ -150,6 +158,7 @@ class Supervisor:
         )
         self.limits: Limits | None = None
         self.image: CachedImage | None = None
+        self.cache: ImageCache | None = None
         self._prepared: Background[LocalAuthority] | None = None
 
     def _update(self, **extra: Any) -> None:
@@ -243,11 +252,8 @@ class Supervisor:
         bwrap = bwrap_path()
         self._prepared = Background(functools.partial(self._prepare, sockets), name="prepare")
         cache = ImageCache(self.workspace.run_dir / IMAGE_CACHE_DIR)
-        self.image = cache.open(
-            self.spec.image,
-            progress=self._phase,
-            compiler=functools.partial(compile_tree, bwrap),
-        )
+        self.cache = cache
+        self.image = cache.open(self.spec.image, progress=self._phase)
         measurements = self.image.measurements
         self._update(
             measurements={
@@ -260,6 +266,7 @@ class Supervisor:
                 "reused": self.image.reused,
                 "discarded": self.image.discarded,
             },
+            bytecode="present" if self.image.has_bytecode else "missing",
         )
         authority = self._prepared.result()  # joined: no thread runs from here on
         attestor = AuthorityAttestor(
@@ -269,6 +276,39 @@ class Supervisor:
         )
         self._update(phase="starting the enclave server")
         return asyncio.run(self._serve(bwrap, attestor, *sockets))
+
+    def _add_bytecode(
+        self, bwrap: str, cancelled: threading.Event
+    ) -> Background[str | None] | None:
+        """Compile the image's bytecode into its cached copy while the enclave runs (the
+        next start imports it), unless the copy has it already."""
+        assert self.image is not None and self.cache is not None
+        if self.image.has_bytecode:
+            return None
+        self._update(bytecode="compiling")
+        image, cache = self.image, self.cache
+
+        def compile_into_copy() -> str | None:
+            # background work: after the server answers (the start is over), at low priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _compile.NICENESS)
+            while describe(self.paths.control_socket) is None:
+                if cancelled.wait(_ANSWER_POLL_S):
+                    return "the enclave stopped before its server answered"
+            try:
+                problem = cache.add_bytecode(
+                    image,
+                    lambda sources, stop: compile_sources(bwrap, sources, cancelled=stop),
+                    cancelled,
+                )
+            except Exception as e:  # the enclave runs fine without it
+                traceback.print_exc()
+                problem = f"internal error: {e!r}"
+            if problem:
+                print(f"image bytecode: {problem}", file=sys.stderr)  # supervisor.log
+            self._update(bytecode="added" if image.has_bytecode else f"missing: {problem}")
+            return problem
+
+        return Background(compile_into_copy, name="bytecode")
 
     def _key_service(self) -> str | None:
         """Where the enclave's key-service forwarder leads: where the key service runs
@@ -355,11 +395,16 @@ class Supervisor:
         )
         exited = asyncio.create_task(sandbox.wait())
         stop_requested = asyncio.create_task(stopping.wait())
+        cancel_bytecode = threading.Event()
+        bytecode = self._add_bytecode(bwrap, cancel_bytecode)
         await asyncio.wait({exited, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set() and sandbox.returncode is None:
             _kill_sandbox(sandbox, init_pid)
         code = await exited
         stop_requested.cancel()
+        cancel_bytecode.set()
+        if bytecode is not None:  # stopped at once, or finishing its additions
+            await loop.run_in_executor(None, bytecode.result)
         for server in servers:
             server.close()
         oom_kills = self.limits.oom_kills()
