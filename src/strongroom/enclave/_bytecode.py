@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ COMPILE_PROGRAM = "/run/strongroom/compile.py"
 MAX_CODE_PER_SOURCE_BYTE = 16
 _MIN_CODE_ALLOWANCE = 1 << 20
 _WATCH_S = 0.1
+MAX_PATH_BYTES = 1 << 16
 PYCACHE = "__pycache__"
 #: What a source's name ends with, and the largest the compiler is handed.
 SOURCE_SUFFIX = ".py"
@@ -100,37 +102,33 @@ def compile_sources(
     what it has) when ``cancelled`` is set or ``timeout`` passes."""
     result = Compiled()
     if sys.implementation.cache_tag is None:
-        return result
+        return result  # this interpreter caches no bytecode
+    if cancelled.is_set():
+        return Compiled(problem="stopped")
     process = subprocess.Popen(
         compile_command(bwrap),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    watcher = threading.Thread(
-        target=_watch, args=(process, cancelled, time.monotonic() + timeout), daemon=True
-    )
-    watcher.start()
     assert process.stdin is not None and process.stdout is not None
+    answers = _Answers(process.stdout.fileno(), cancelled, time.monotonic() + timeout)
     try:
         for path, source in sources:
             raw = path.encode(errors="surrogateescape")
             _compile.write_record(process.stdin, raw, source)
-            answer = _compile.read_record(process.stdout, _allowance(source))
-            if answer is None or answer[0] != raw:
-                raise CompilerProtocolError("no answer, or an answer for another source")
-            if answer[1]:
-                result.codes[path] = answer[1]
+            if answers.record(_allowance(source)) != raw:
+                raise CompilerProtocolError(f"it answered for another source than {path!r}")
+            if answers.data:
+                result.codes[path] = answers.data
         _compile.write_record(process.stdin, b"", b"")
     except (CompilerProtocolError, OSError) as e:
-        stopped = "stopped" if cancelled.is_set() else "killed, or out of time?"
-        result.problem = f"the compiler sandbox failed ({stopped}): {e}"
+        result.problem = f"the compiler sandbox failed: {e}"
     finally:
-        for stream in (process.stdin, process.stdout):
-            stream.close()
-        if process.wait() not in (0, -9) and result.problem is None:
-            result.problem = f"the compiler sandbox exited with {process.returncode}"
-        watcher.join()
+        process.kill()  # done, failed or stopped: nothing of it stays
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
     return result
 
 
@@ -138,9 +136,37 @@ def _allowance(source: bytes) -> int:
     return _MIN_CODE_ALLOWANCE + MAX_CODE_PER_SOURCE_BYTE * len(source)
 
 
-def _watch(process: subprocess.Popen[bytes], cancelled: threading.Event, deadline: float) -> None:
-    """Kill the compiler when the caller cancels or the time is up; end with it."""
-    while process.poll() is None:
-        if cancelled.wait(_WATCH_S) or time.monotonic() > deadline:
-            process.kill()
-            return
+class _Answers:
+    """Reads the compiler's answers without ever blocking past a cancel or the deadline."""
+
+    def __init__(self, fd: int, cancelled: threading.Event, deadline: float) -> None:
+        self.fd = fd
+        self.cancelled = cancelled
+        self.deadline = deadline
+        self.data = b""
+
+    def record(self, limit: int) -> bytes:
+        """The next record's path (its data in :attr:`data`)."""
+        parts = []
+        for part_limit in (MAX_PATH_BYTES, limit):
+            (size,) = _compile.LENGTH.unpack(self._read(_compile.LENGTH.size))
+            if size > part_limit:
+                raise CompilerProtocolError("it answered more than its source can make")
+            parts.append(self._read(size))
+        self.data = parts[1]
+        return parts[0]
+
+    def _read(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            if self.cancelled.is_set():
+                raise CompilerProtocolError("stopped")
+            if time.monotonic() > self.deadline:
+                raise CompilerProtocolError("out of time")
+            ready, _, _ = select.select([self.fd], [], [], _WATCH_S)
+            if ready:
+                chunk = os.read(self.fd, size - len(data))
+                if not chunk:
+                    raise CompilerProtocolError("its output ended early")
+                data += chunk
+        return bytes(data)

@@ -76,7 +76,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from strongroom._internal.background import Background
 from strongroom._internal.files import locked
@@ -433,18 +432,17 @@ class ImageCache:
             _remove_if_unused(retired)
 
     def evict(self) -> None:
-        """Remove what is left of killed builds, retired entries nobody uses, and the
-        least recently used entries beyond :attr:`max_entries`."""
+        """Remove what killed builds left, retired entries nobody uses, and the least
+        recently used entries beyond :attr:`max_entries` (entries in use count first,
+        and are never removed)."""
         with locked(self.root / ".lock"):
-            entries: list[tuple[float, Path]] = []
             for path in self.root.iterdir():
                 if path.name.startswith((_STAGING, _RETIRED)):
                     _remove_if_unused(path)
-                elif not path.name.startswith(".") and path.is_dir():
-                    entries.append((path.lstat().st_mtime, path))
-            entries.sort(reverse=True)
-            for _, path in entries[self.max_entries :]:
-                _remove_if_unused(path)
+            unused = [key for key in self._by_recent_use() if not _in_use(self.root / key)]
+            keep = max(0, self.max_entries - (len(self.entries()) - len(unused)))
+            for key in unused[keep:]:
+                _remove_if_unused(self.root / key)
 
     def entries(self) -> list[str]:
         """The keys (PCR0) of the published entries."""
@@ -647,21 +645,22 @@ def _check_dir(
 ) -> None:
     _check_owned_read_only(os.fstat(dir_fd), prefix or TREE)
     with os.scandir(dir_fd) as scan:
-        names = [entry.name for entry in scan]
-    for name in names:
-        path = f"{prefix}{name}"
-        status = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISDIR(status.st_mode) and path in manifest.dirs:
+        entries = list(scan)
+    for entry in entries:
+        path = f"{prefix}{entry.name}"
+        # The entry's type is only a hint for which check to make: directories are
+        # opened O_DIRECTORY and files O_NOFOLLOW, and each is checked by fstat.
+        if path in manifest.dirs and entry.is_dir(follow_symlinks=False):
             seen_dirs.add(path)
-            fd = _open_dir(name, dir_fd=dir_fd, label=path)
+            fd = _open_dir(entry.name, dir_fd=dir_fd, label=path)
             try:
                 _check_dir(fd, f"{path}/", manifest, seen_dirs, seen_files)
             finally:
                 os.close(fd)
-        elif stat.S_ISREG(status.st_mode) and path in manifest.files:
+        elif path in manifest.files:
             seen_files.add(path)
-            _check_file(dir_fd, name, path, manifest.files[path])
-        elif stat.S_ISLNK(status.st_mode):
+            _check_file(dir_fd, entry.name, path, manifest.files[path])
+        elif entry.is_symlink():
             raise CacheEntryInvalid(f"{path} is a symbolic link")
         else:
             raise CacheEntryInvalid(f"{path} is not part of the image")
@@ -672,23 +671,20 @@ def _check_file(dir_fd: int, name: str, path: str, expected: FileDigest) -> None
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError as e:
         raise CacheEntryInvalid(f"{path} cannot be opened ({e.strerror})") from e
-    with open(fd, "rb", buffering=0) as f:
+    try:
         status = os.fstat(fd)
         _check_owned_read_only(status, path)
         if not stat.S_ISREG(status.st_mode) or stat.S_IMODE(status.st_mode) != expected.mode:
             raise CacheEntryInvalid(f"{path} has mode {stat.S_IMODE(status.st_mode):o}")
         if status.st_size != expected.size:
             raise CacheEntryInvalid(f"{path} has {status.st_size} bytes, not {expected.size}")
-        digest = _sha256(f)
-    if digest != expected.sha256:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, _READ_CHUNK):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != expected.sha256:
         raise CacheEntryInvalid(f"{path} differs from what was unpacked")
-
-
-def _sha256(f: Any) -> str:
-    digest = hashlib.sha256()
-    while chunk := f.read(_READ_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _seal(entry_fd: int) -> None:
@@ -717,6 +713,21 @@ def _each_dir(
             os.close(child)
     if after is not None:
         after(dir_fd)
+
+
+def _in_use(path: Path) -> bool:
+    """Whether an enclave holds the entry (a shared lock on its directory)."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _remove_if_unused(path: Path) -> None:

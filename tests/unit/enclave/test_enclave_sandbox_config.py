@@ -79,7 +79,8 @@ def test_sandbox_command_isolation_flags(tmp_path: Path) -> None:
     shared_mib, apps_mib = filesystem_sizes(512)
     assert sizes[1:] == [apps_mib, shared_mib] and shared_mib + apps_mib <= 512 - 96
     command = argv[argv.index("--") + 1 :]
-    assert command[1:4] == ["-S", "-E", INIT_PROGRAM]  # no -X pycache_prefix: nothing writes bytecode
+    # no -X pycache_prefix: every tree is read-only, and bytecode comes from the image cache
+    assert command[1:4] == ["-S", "-E", INIT_PROGRAM]
     init = command[command.index(INIT_PROGRAM) + 1 :]
     assert init[: len(IMAGE_SITES) + 3] == ["--enclave-init", *IMAGE_SITES, "--", ENTRY_MODULE]
     assert ENTRY_MODULE == "strongroom.server"
