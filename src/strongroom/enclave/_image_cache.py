@@ -347,7 +347,7 @@ class ImageCache:
         ``layout`` (and the ``expected`` PCRs, if they were measured already)."""
         staging = self.root / f"{_STAGING}{secrets.token_hex(8)}"
         staging.mkdir(mode=0o700)
-        entry_fd = _open_dir(staging)
+        entry_fd = os.open(staging, _DIR_FLAGS)
         fcntl.flock(entry_fd, fcntl.LOCK_EX)  # being built: sweeps leave it alone
         tree_fd = -1
         try:
@@ -563,14 +563,18 @@ def _write_whole(dir_fd: int, name: str, data: bytes) -> None:
 
 
 def _open_dir(path: Path | str, *, dir_fd: int | None = None, label: str | None = None) -> int:
+    """A descriptor of the directory ``path`` (never through a link)."""
     try:
         return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
-    except (NotADirectoryError, FileNotFoundError) as e:
-        raise CacheEntryInvalid(f"{label or path} is not a directory") from e
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise CacheEntryInvalid(f"{label or path} is a symbolic link") from e
-        raise
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+            raise
+        try:
+            is_link = stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = False
+        kind = "a symbolic link" if is_link else "not a directory"
+        raise CacheEntryInvalid(f"{label or 'its directory'} is {kind}") from e
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

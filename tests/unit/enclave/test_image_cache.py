@@ -199,6 +199,37 @@ def test_a_manifest_made_for_another_image_is_refused(
     assert (entry_of(cache, image) / TREE / SOURCE).read_bytes() == RUNTIME["site-packages/mod.py"]
 
 
+def test_a_copy_swapped_for_a_link_or_given_away_is_not_used(
+    cache: ImageCache, image: Path, tmp_path: Path
+) -> None:
+    open_and_close(cache, image)
+    entry = entry_of(cache, image)
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(entry, elsewhere)
+    entry.symlink_to(elsewhere)  # the same files, through a link
+    again = open_and_close(cache, image)
+    assert not again.reused and again.discarded is not None and "symbolic link" in again.discarded
+    assert not entry.is_symlink() and open_and_close(cache, image).reused
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root (CI runs as root)")
+    os.chown(entry / TREE / SOURCE, 1, 1, follow_symlinks=False)
+    again = open_and_close(cache, image)
+    assert not again.reused and again.discarded is not None and "owned by uid 1" in again.discarded
+
+
+def test_a_manifest_for_another_layout_is_not_used(cache: ImageCache, image: Path) -> None:
+    open_and_close(cache, image)
+    path = entry_of(cache, image) / MANIFEST
+    manifest = json.loads(path.read_bytes())
+    manifest["layout"][-1][1] += 512  # the same PCRs, the bytes split otherwise
+    with unsealed(path.parent, path):
+        path.write_text(json.dumps(manifest))
+    again = open_and_close(cache, image)
+    assert not again.reused  # not even a candidate: unpacked again, in its place
+    assert _image_cache.Manifest.parse(path.read_bytes()).layout == _image_cache._layout_of(image)
+    assert open_and_close(cache, image).reused
+
+
 def test_an_entry_in_use_is_moved_aside_not_removed(
     cache: ImageCache, image: Path, opened: list[CachedImage]
 ) -> None:
