@@ -126,7 +126,7 @@ def wait_for_bytecode(record: Path, elapsed: float) -> float | None:
     began = time.monotonic() - elapsed
     while time.monotonic() < deadline:
         state = json.loads(record.read_text())["extra"].get("bytecode")
-        if state == "present":
+        if state in (None, "present"):  # None: a Strongroom without the image cache
             return None
         if state != "compiling":
             if state != "added":
