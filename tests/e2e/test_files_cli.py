@@ -420,5 +420,5 @@ def test_enclave_stop_warns_about_outputs_never_pulled(env: Env) -> None:
     assert "and 1 more" in warning
     assert "`strongroom pull --enclave lose /output DIR` before stopping" in warning
     assert "stopped enclave lose" in lost.stdout
-    remaining = {s["name"] for s in env.stack.json("enclave", "status")}
+    remaining = {s["EnclaveName"] for s in env.stack.json("enclave", "status")}
     assert remaining == {NAME}

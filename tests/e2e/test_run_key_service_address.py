@@ -69,7 +69,7 @@ def test_run_reaches_a_key_service_on_a_non_default_port() -> None:
 
         stack.cli("enclave", "start", str(image), "--name", "addr")
         (status,) = stack.json("enclave", "status", "addr")
-        assert status["addresses"]["key_service"] == first
+        assert status["Strongroom"]["addresses"]["key_service"] == first
         assert stack.json("proxy", "start")["allowlist"] == [first]
         run = ["run", "--enclave", "addr", str(sealed), "--entry", "hello.py", "--", "x"]
         assert stack.cli(*run).stdout == "hello from the enclave x\n"

@@ -373,7 +373,7 @@ class Supervisor:
                     pass_fds=(control.fileno(), info_write, image_fd),
                     # Joins the cgroup in the child, before bwrap runs: nothing
                     # of the enclave ever runs outside its limits. (preexec_fn
-                    # is safe here: the supervisor has started no thread yet.)
+                    # is safe here: every thread the supervisor started has ended.)
                     preexec_fn=self.limits.enter,
                 )
             finally:
