@@ -39,11 +39,11 @@ Isolation invariants of the sandbox (:func:`sandbox_command`):
   at this start), mounted through the directory descriptor that was checked
   (``--ro-bind-fd``; bubblewrap closes it before the enclave runs). Its Python
   bytecode sits next to the sources, and the host's standard library brings
-  its own, so the server imports rather than compiles; nothing writes bytecode
-  (every tree is read-only). The decrypted application and the shared folder live in private
-  memory-backed tmpfs (``/enclave/apps``, ``/enclave/shared``, mode 0700)
-  counted against the enclave's memory limit; ``/tmp`` is a private tmpfs; the
-  root file system is remounted read-only.
+  its own, so the server imports rather than compiles; nothing writes
+  bytecode (every tree is read-only). The decrypted application and the
+  shared folder live in private memory-backed tmpfs (``/enclave/apps``,
+  ``/enclave/shared``, mode 0700) counted against the enclave's memory limit;
+  ``/tmp`` is a private tmpfs; the root file system is remounted read-only.
 - **No privilege over the host**: new user, pid, ipc, uts and cgroup
   namespaces; a new session (no terminal injection). The sandbox's uid maps
   to the host user that runs the supervisor -- root on CI -- so owner
@@ -137,7 +137,7 @@ LOGS_CHUNK = 64 * 1024
 SANDBOX_UID = 0
 SANDBOX_CAPS = ("CAP_SYS_ADMIN", "CAP_SETFCAP")
 SANDBOX_HOSTNAME = "enclave"
-#: The server's own /tmp (bytecode cache, temporary files): small.
+#: The server's own /tmp (temporary files): small.
 SANDBOX_TMP_MIB = 64
 _MIB = 1024 * 1024
 
