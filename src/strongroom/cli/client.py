@@ -58,12 +58,19 @@ enclave_option = click.option(
 
 
 def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
-    """A client for the named running enclave (or the only one)."""
-    from strongroom.enclave import runtime_for
+    """A client for the named running enclave (or the only one).
+
+    Found from the enclaves' records (:mod:`strongroom.enclave.endpoints`), with
+    no probe: the request that follows says soon enough whether the server answers.
+    """
+    from strongroom.enclave import endpoints
     from strongroom.transport.base import parse_address
 
-    # no probe: the request that follows says soon enough whether the server answers
-    running = [s for s in runtime_for(ws).status(probe=False) if s.state == "RUNNING"]
+    if ws.config.target != "local":
+        from strongroom.enclave import runtime_for
+
+        runtime_for(ws)  # says what this target does not support yet
+    running = endpoints.running(ws)
     if name is not None:
         running = [s for s in running if s.name == name]
         if not running:
@@ -77,9 +84,12 @@ def connect_enclave(ws: Workspace, name: str | None) -> EnclaveClient:
     if len(running) > 1:
         names = ", ".join(s.name for s in running)
         raise UsageError(f"several enclaves run ({names})", hint="choose one with --enclave NAME")
-    status = running[0]
+    found = running[0]
     return EnclaveClient(
-        parse_address(status.addresses["control"]), name=status.name, enclave_id=status.enclave_id
+        parse_address(found.addresses["control"]),
+        name=found.name,
+        enclave_id=found.enclave_id,
+        key_service_reach=found.addresses.get("key_service"),
     )
 
 
@@ -371,7 +381,10 @@ def _run_credentials(
         header = read_header(io.BytesIO(enclave.read_head(remote, MAX_HEADER_SIZE)), name=remote)
     region = ws.config.region
     resource = decrypt_resource(header.key_id, header.encrypted_data_key, region=region)
-    _check_key_service_reach(ws, enclave.name)
+    from strongroom.keys.service import check_enclave_reaches
+
+    # the enclave's key-service forwarder must lead where the key service runs now
+    check_enclave_reaches(ws, enclave.name, enclave.key_service_reach)
     return run_credentials(ws, resource).to_wire(), {"region": region}
 
 
@@ -400,16 +413,6 @@ def _ensure_uploaded(
             enclave.upload(local, remote, progress=advance)
         there = enclave.stat(remote)
     uploads.put(enclave.enclave_id, remote, Upload.of(local_stat, there.size, there.mtime))
-
-
-def _check_key_service_reach(ws: Workspace, name: str) -> None:
-    """The enclave's key-service forwarder must lead where the key service runs now."""
-    from strongroom.enclave import runtime_for
-    from strongroom.keys.service import check_enclave_reaches
-
-    statuses = [s for s in runtime_for(ws).status(probe=False) if s.name == name]
-    reaches = statuses[0].addresses.get("key_service") if statuses else None
-    check_enclave_reaches(ws, name, reaches)
 
 
 def _sha256(path: Path) -> str:

@@ -148,11 +148,20 @@ def _error_from(response: Response) -> StrongroomError:
 
 
 class EnclaveClient:
-    def __init__(self, address: Address, *, name: str = "enclave", enclave_id: str = "") -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        name: str = "enclave",
+        enclave_id: str = "",
+        key_service_reach: str | None = None,
+    ) -> None:
         self.address = address
         self.name = name
         #: Which start of the enclave this is (a restarted enclave has a new one).
         self.enclave_id = enclave_id
+        #: Where the enclave's key-service forwarder leads (None: not recorded).
+        self.key_service_reach = key_service_reach
         self._http = HttpClient(address, host="enclave")
 
     def close(self) -> None:

@@ -94,6 +94,7 @@ from strongroom.enclave.base import (
     check_name,
     memory_warning,
 )
+from strongroom.enclave.endpoints import RECORD_KIND
 from strongroom.errors import (
     AlreadyExistsError,
     EvidenceError,
@@ -116,7 +117,7 @@ from strongroom.transport.base import UnixAddress
 from strongroom.transport.http import ChannelError, HttpClient
 from strongroom.workspace import Workspace
 
-KIND = "enclaves"
+KIND = RECORD_KIND
 #: How long ``start`` waits for the enclave server to answer /v1/describe.
 START_TIMEOUT_S = 60.0
 #: How long ``stop`` gives the supervisor to shut the enclave down before SIGKILL.
