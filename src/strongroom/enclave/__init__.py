@@ -11,19 +11,33 @@ Callers get the runtime of their workspace from :func:`runtime_for`.
 
 from __future__ import annotations
 
-from strongroom.enclave.base import (
-    EnclaveRuntime,
-    EnclaveSpec,
-    EnclaveStatus,
-    StartResult,
-    State,
-)
-from strongroom.errors import UsageError
-from strongroom.workspace import Workspace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from strongroom.enclave.base import (
+        EnclaveRuntime,
+        EnclaveSpec,
+        EnclaveStatus,
+        StartResult,
+        State,
+    )
+    from strongroom.workspace import Workspace
+
+
+def __getattr__(name: str) -> Any:
+    """The interface's names on first use: :mod:`.endpoints` (what ``run`` needs) is
+    imported without them."""
+    if name in ("EnclaveRuntime", "EnclaveSpec", "EnclaveStatus", "StartResult", "State"):
+        from strongroom.enclave import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def runtime_for(workspace: Workspace) -> EnclaveRuntime:
     """The enclave runtime of ``workspace``'s target."""
+    from strongroom.errors import UsageError
+
     if workspace.config.target == "local":
         from strongroom.enclave.sandbox import SandboxRuntime
 
