@@ -291,12 +291,7 @@ class EnclaveClient:
         target = local if isinstance(local, LocalTarget) else LocalTarget.of(local)
         digest = hashlib.sha256()
         remote_digest: concurrent.futures.Future[str] | None = None
-        with (
-            self._channel(),
-            self._http.request("GET", "/v1/files/content", params={"path": remote}) as response,
-        ):
-            if response.status >= 400:
-                raise _error_from(response)
+        with self._content(remote) as response:
             expected = response.header("x-sha256")
             if expected is None:
                 remote_digest = _background().submit(self.checksum, remote)
@@ -314,6 +309,17 @@ class EnclaveClient:
                 if expected != digest.hexdigest():
                     raise TamperedError(f"{remote} arrived altered", hint="pull it again")
         return digest.hexdigest()
+
+    @contextlib.contextmanager
+    def _content(self, remote: str) -> Iterator[Response]:
+        """The streamed body of ``remote`` (its SHA-256 in ``x-sha256`` when small)."""
+        with (
+            self._channel(),
+            self._http.request("GET", "/v1/files/content", params={"path": remote}) as response,
+        ):
+            if response.status >= 400:
+                raise _error_from(response)
+            yield response
 
     # --- runs ---------------------------------------------------------------
 
@@ -347,12 +353,7 @@ class EnclaveClient:
         :class:`TamperedError` after the bytes were written.
         """
         digest = hashlib.sha256()
-        with (
-            self._channel(),
-            self._http.request("GET", "/v1/files/content", params={"path": remote}) as response,
-        ):
-            if response.status >= 400:
-                raise _error_from(response)
+        with self._content(remote) as response:
             expected = response.header("x-sha256")
             for chunk in response.iter_bytes():
                 sink.write(chunk)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from strongroom.attestation.authority import LocalAuthority
 from strongroom.attestation.errors import DebugEnclaveError
 from strongroom.attestation.verify import verify
 from strongroom.enclave import EnclaveSpec, runtime_for
+from strongroom.enclave._image_cache import _in_use as in_use
 from strongroom.enclave._limits import Limits
 from strongroom.enclave.sandbox import EnclavePaths
 from strongroom.errors import AlreadyExistsError, NotFoundError, StrongroomError, UsageError
@@ -282,18 +282,6 @@ def test_production_enclave(ws: Workspace, image: BuildResult) -> None:
     with pytest.raises(NotFoundError, match="no enclave named 'prod'"):
         runtime.stop("prod")
     print(f"\nstart (until /v1/describe answers): {started:.2f} s; stop: {stop_time:.2f} s")
-
-
-def in_use(entry: Path) -> bool:
-    """Whether an enclave holds the image cache entry (its shared lock)."""
-    fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def test_the_memory_limit_kills_the_app_not_the_host(ws: Workspace, image: BuildResult) -> None:
