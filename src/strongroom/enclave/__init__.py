@@ -11,7 +11,9 @@ Callers get the runtime of their workspace from :func:`runtime_for`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from strongroom._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from strongroom.enclave.base import (
@@ -24,14 +26,10 @@ if TYPE_CHECKING:
     from strongroom.workspace import Workspace
 
 
-def __getattr__(name: str) -> Any:
-    """The interface's names on first use: :mod:`.endpoints` (what ``run`` needs) is
-    imported without them."""
-    if name in ("EnclaveRuntime", "EnclaveSpec", "EnclaveStatus", "StartResult", "State"):
-        from strongroom.enclave import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: The interface's names on first use: :mod:`.endpoints` (what ``run`` needs) is
+#: imported without them.
+_INTERFACE = ("EnclaveRuntime", "EnclaveSpec", "EnclaveStatus", "StartResult", "State")
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(_INTERFACE, "base"))
 
 
 def runtime_for(workspace: Workspace) -> EnclaveRuntime:

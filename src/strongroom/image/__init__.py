@@ -28,8 +28,9 @@ Images are reproducible: the same inputs in the same environment give a
 bit-identical file, hence the same PCRs.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from strongroom._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from strongroom.image.build import RUNTIME_DISTRIBUTIONS, BuildResult, build_image
@@ -78,12 +79,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'strongroom.image' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"strongroom.image.{module}"), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "ENTRYPOINT",

@@ -3,7 +3,9 @@
 See :mod:`strongroom.keys.base` for the interface and its two implementations.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from strongroom._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from strongroom.keys.base import (
@@ -18,16 +20,6 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    """The interface's names, imported on first use: a command that only needs
-    ``keys.sessions`` or ``keys.service`` does not pay for the interface's classes."""
-    if name in __all__:
-        from strongroom.keys import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "RECIPIENT_ALGORITHM",
     "Alias",
@@ -38,3 +30,7 @@ __all__ = [
     "RandomBytes",
     "Recipient",
 ]
+
+#: The interface's names, imported on first use: a command that only needs
+#: ``keys.sessions`` or ``keys.service`` does not pay for the interface's classes.
+__getattr__ = lazy_attributes(__name__, dict.fromkeys(__all__, "base"))

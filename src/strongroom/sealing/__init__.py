@@ -30,8 +30,9 @@ Invariants:
   opened, in memory and within a size limit.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from strongroom._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from strongroom.sealing.format import (
@@ -105,12 +106,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'strongroom.sealing' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"strongroom.sealing.{module}"), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "CONTEXT_APP",
