@@ -53,7 +53,7 @@ VICTIM = {
 import os, sys, time
 flag = sys.argv[1]
 print("ready", os.getcwd(), flush=True)
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + 600  # a guard against a lost flag, not a timing test
 while not os.path.exists(flag):
     if time.monotonic() > deadline:
         sys.exit("never told to stop")
@@ -449,7 +449,7 @@ def test_an_app_finds_no_secret_of_the_host_or_of_another_vendor(hostile: Hostil
         scan = h.run_json(h.hostile, "scan.py", *needles)
         peek = h.run_json(h.hostile, "peek.py")
         h.cli("push", "--enclave", PROD, str(h.image.parent / "victim" / "hello.py"), flag)
-        assert victim.wait() == 0
+        assert victim.wait(timeout=600) == 0, (victim.out, victim.err)
     # The scan's own arguments hold the needles: its own /proc entries are skipped.
     assert scan["found"] == [], scan
     assert not any(p.startswith("/enclave/apps") for p in peek["seen"]), peek
@@ -545,7 +545,7 @@ def test_concurrent_runs_do_not_see_each_other(hostile: Hostile) -> None:
         peek = h.run_json(h.hostile, "peek.py")
         probe = h.run_json(h.hostile, "probe.py")
         h.cli("push", "--enclave", PROD, str(h.image.parent / "victim" / "hello.py"), flag)
-        assert victim.wait() == 0
+        assert victim.wait(timeout=600) == 0, (victim.out, victim.err)
     assert not any(p.startswith("/enclave/apps") for p in peek["seen"]), peek
     assert peek["procs"] == ["1"] and probe["pids"] == [1]
     assert "victim done True" in victim.out
