@@ -34,6 +34,9 @@ class StrongroomError(Exception):
 
     exit_code = 1
     default_hint = ""
+    #: The POSIX error behind a filesystem failure (``"ENOTEMPTY"``), when there is
+    #: one: the Files API sends it so the mount can answer the kernel exactly.
+    errno_name: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -219,7 +219,8 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
     Stopping an enclave that already died removes its record (and whatever it
     left behind). The shared folder goes with the enclave: files in /output
     that no `strongroom pull` fetched (or that changed since) are named in a
-    warning on stderr; the enclave is stopped all the same. An enclave that
+    warning on stderr; the enclave is stopped all the same. Folders that
+    `strongroom mount` mounted from it are unmounted first. An enclave that
     does not list /output within 2 s is stopped without the check. --json
     prints each enclave as `enclave status --json` does, with "Terminated":
     true (as `nitro-cli terminate-enclave`).
@@ -244,7 +245,9 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
         name = known[0] if known else None
         if name is None:
             raise NotFoundError("no enclave to stop", hint="see `strongroom enclave status`")
-    _warn_unpulled(app.workspace(), runtime.status(name, probe=False))
+    statuses = runtime.status(name, probe=False)
+    _warn_unpulled(app.workspace(), statuses)
+    _unmount_folders(app.workspace(), [s.name for s in statuses])
     stopped = runtime.stop(name)
 
     def render() -> None:
@@ -258,6 +261,15 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
             )
 
     emit(app, [{**s.to_json(), "Terminated": True} for s in stopped], render)
+
+
+def _unmount_folders(ws: Workspace, names: list[str]) -> None:
+    """Unmount the synced folders of enclaves about to stop (their files go with them)."""
+    from strongroom.mount import mounts
+
+    for name in names:
+        for mount in mounts.unmount_enclave(ws, name):
+            err.print(f"unmounted {mount.directory} (enclave {name} stops)", markup=False)
 
 
 def _warn_unpulled(ws: Workspace, statuses: list[EnclaveStatus]) -> None:

@@ -35,6 +35,9 @@ COMMANDS = {
     "mkdir": "files:mkdir_command",
     "cat": "files:cat_command",
     "stat": "files:stat_command",
+    "mount": "mount:mount_command",
+    "unmount": "mount:unmount_command",
+    "sync": "mount:sync_command",
     "run": "client:run_command",
     "attest": "client:attest_command",
     "demo": "demo:demo_command",
@@ -90,7 +93,7 @@ HELP = """Seal applications so that only an attested enclave can run them.
 
 \b
 Vendor:  keys create, seal, image build, image approve, image revoke
-Host:    init, enclave start, proxy start, push, run, pull
+Host:    init, enclave start, proxy start, mount (or push), run, pull
 Try:     strongroom demo   (the whole flow, locally, in a scratch workspace)
 
 The workspace is ./.strongroom, $STRONGROOM_HOME, or --home DIR.

@@ -144,7 +144,10 @@ def _error_from(response: Response) -> StrongroomError:
             422: errors.EvidenceError,
             503: errors.UnavailableError,
         }.get(response.status, errors.InvalidInputError)
-    return cls(message, hint=hint or None)
+    error = cls(message, hint=hint or None)
+    if isinstance(name := body.get("errno"), str):
+        error.errno_name = name
+    return error
 
 
 class EnclaveClient:
@@ -155,6 +158,7 @@ class EnclaveClient:
         name: str = "enclave",
         enclave_id: str = "",
         key_service_reach: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.address = address
         self.name = name
@@ -162,7 +166,11 @@ class EnclaveClient:
         self.enclave_id = enclave_id
         #: Where the enclave's key-service forwarder leads (None: not recorded).
         self.key_service_reach = key_service_reach
-        self._http = HttpClient(address, host="enclave")
+        self._http = (
+            HttpClient(address, host="enclave")
+            if timeout is None
+            else HttpClient(address, host="enclave", timeout=timeout, connect_timeout=timeout)
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -236,6 +244,75 @@ class EnclaveClient:
                 f"the enclave answered {len(content)} bytes of {path} for {length} asked"
             )
         return content
+
+    # --- POSIX operations, one request each (the mount, :mod:`strongroom.mount`) ---
+
+    def read_range(self, path: str, offset: int, length: int) -> bytearray:
+        """Up to ``length`` bytes of ``path`` from ``offset`` (fewer at its end)."""
+        params: dict[str, str | int] = {"path": path, "offset": offset, "length": length}
+        with self._channel(), self._http.request("GET", "/v1/files/content", params=params) as r:
+            if r.status >= 400:
+                raise _error_from(r)
+            buffer = bytearray(length)
+            got = 0
+            with memoryview(buffer) as view:
+                while got < length and (n := r.readinto(view[got:])):
+                    got += n
+            if r.read():
+                raise errors.InvalidInputError(
+                    f"the enclave answered more than {length} bytes of {path}"
+                )
+        if got < length:
+            del buffer[got:]
+        return buffer
+
+    def write_at(self, path: str, offset: int, data: bytes, *, create: bool = False) -> None:
+        """Write ``data`` into ``path`` at ``offset``, in place; verify what arrived."""
+        params = {"path": path, "offset": str(offset), "create": str(create).lower()}
+        result = self._call("PUT", "/v1/files/content", params=params, body=data)
+        if (
+            result.get("size") != len(data)
+            or result.get("sha256") != hashlib.sha256(data).hexdigest()
+        ):
+            raise TamperedError(f"a write to {path} arrived altered", hint="write it again")
+
+    def put_file(self, path: str, data: bytes) -> None:
+        """A whole file ``data`` at ``path``, replacing any there atomically; verified."""
+        params = {"path": path, "truncate": "true"}
+        result = self._call("PUT", "/v1/files/content", params=params, body=data)
+        if result.get("size") != len(data) or result.get("sha256") != hashlib.sha256(
+            data
+        ).hexdigest():
+            raise TamperedError(f"{path} arrived altered", hint="write it again")
+
+    def rename(self, source: str, destination: str) -> None:
+        self._call("POST", "/v1/files/rename", json={"source": source, "destination": destination})
+
+    def truncate(self, path: str, size: int) -> None:
+        self._call("POST", "/v1/files/truncate", json={"path": path, "size": size})
+
+    def set_times(self, path: str, atime: float, mtime: float) -> None:
+        self._call("POST", "/v1/files/times", json={"path": path, "atime": atime, "mtime": mtime})
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._call("POST", "/v1/files/chmod", json={"path": path, "mode": mode})
+
+    def symlink(self, path: str, target: str) -> None:
+        self._call("POST", "/v1/files/symlink", json={"path": path, "target": target})
+
+    def readlink(self, path: str) -> str:
+        target = self._call("GET", "/v1/files/readlink", params={"path": path}).get("target")
+        if not isinstance(target, str):
+            raise errors.InvalidInputError(f"the enclave answered a malformed link of {path}")
+        return target
+
+    def link(self, source: str, destination: str) -> None:
+        self._call("POST", "/v1/files/link", json={"source": source, "destination": destination})
+
+    def fsync(self, path: str) -> None:
+        self._call("POST", "/v1/files/fsync", json={"path": path})
+
+    # --- whole files (push, pull) ---------------------------------------------
 
     def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
         """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it.

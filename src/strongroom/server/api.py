@@ -18,6 +18,10 @@ Files (all paths are inside the shared folder; see :mod:`strongroom.server.files
 ``POST   /v1/files/times``          ``{path, atime, mtime}``
 ``POST   /v1/files/chmod``          ``{path, mode}``
 ``GET    /v1/files/statfs``         sizes of the shared folder's filesystem
+``POST   /v1/files/symlink``        ``{path, target}`` (a relative target inside)
+``GET    /v1/files/readlink?path=`` a symlink's target
+``POST   /v1/files/link``           ``{source, destination}`` (a hard link)
+``POST   /v1/files/fsync``          ``{path}``: flush a file to its filesystem
 =================================  ===============================================
 
 Run: ``POST /v1/runs`` with a :class:`RunRequest` → ``application/x-ndjson``,
@@ -26,7 +30,8 @@ one JSON event per line as it happens (``status``, ``started``, ``stdout``,
 goes away, the response is cancelled, which kills the app and wipes it.
 
 Errors are JSON problem bodies ``{"error": class, "message", "hint"}`` with an
-HTTP status chosen by the error's family; the client maps them back.
+HTTP status chosen by the error's family (plus ``errno``, e.g. ``"ENOTEMPTY"``,
+when a filesystem call failed); the client maps them back.
 """
 
 from __future__ import annotations
@@ -108,6 +113,20 @@ class ChmodBody(_Body):
     mode: int = Field(ge=0, le=0o777)
 
 
+class SymlinkBody(_Body):
+    path: str = Field(max_length=4096)
+    target: str = Field(min_length=1, max_length=4096)
+
+
+class LinkBody(_Body):
+    source: str = Field(max_length=4096)
+    destination: str = Field(max_length=4096)
+
+
+class FsyncBody(_Body):
+    path: str = Field(max_length=4096)
+
+
 # The host sends STS session credentials scoped to kms:Decrypt on the package's
 # key, for 15 minutes, never its long-term secret, so a session_token always comes
 # with them; it stays optional on the wire only for hand-made requests, which the
@@ -155,10 +174,14 @@ def problem_status(error: StrongroomError) -> int:
 
 
 def problem(error: StrongroomError) -> JSONResponse:
-    return JSONResponse(
-        {"error": type(error).__name__, "message": error.message, "hint": error.hint},
-        status_code=problem_status(error),
-    )
+    body: dict[str, str | None] = {
+        "error": type(error).__name__,
+        "message": error.message,
+        "hint": error.hint,
+    }
+    if error.errno_name is not None:
+        body["errno"] = error.errno_name
+    return JSONResponse(body, status_code=problem_status(error))
 
 
 Handler = Callable[[Request], Any]
@@ -423,6 +446,27 @@ class FilesApi:
     async def statfs(self, request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(self.shared.statfs))
 
+    async def symlink(self, request: Request) -> Response:
+        body = await _json_body(request, SymlinkBody)
+        await run_in_threadpool(self.shared.symlink, body.path, body.target)
+        return JSONResponse({"ok": True})
+
+    async def readlink(self, request: Request) -> Response:
+        path = _path(request)
+        return JSONResponse(
+            {"path": path, "target": await run_in_threadpool(self.shared.readlink, path)}
+        )
+
+    async def link(self, request: Request) -> Response:
+        body = await _json_body(request, LinkBody)
+        await run_in_threadpool(self.shared.link, body.source, body.destination)
+        return JSONResponse({"ok": True})
+
+    async def fsync(self, request: Request) -> Response:
+        body = await _json_body(request, FsyncBody)
+        await run_in_threadpool(self.shared.fsync, body.path)
+        return JSONResponse({"ok": True})
+
     def routes(self) -> list[Route]:
         g = _guarded
         return [
@@ -438,6 +482,10 @@ class FilesApi:
             Route("/v1/files/times", g(self.times), methods=["POST"]),
             Route("/v1/files/chmod", g(self.chmod), methods=["POST"]),
             Route("/v1/files/statfs", g(self.statfs), methods=["GET"]),
+            Route("/v1/files/symlink", g(self.symlink), methods=["POST"]),
+            Route("/v1/files/readlink", g(self.readlink), methods=["GET"]),
+            Route("/v1/files/link", g(self.link), methods=["POST"]),
+            Route("/v1/files/fsync", g(self.fsync), methods=["POST"]),
         ]
 
 

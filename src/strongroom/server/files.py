@@ -5,7 +5,12 @@ inside the shared folder. Every path is walked component by component with
 ``openat(O_NOFOLLOW)`` from a descriptor of the shared root, so neither ``..``,
 an absolute path, nor a symlink — even one the sealed app creates while the
 host is walking — can lead outside it. Symlinks inside the shared folder are
-listed but never followed, and never created by the API.
+listed and read (``readlink``) but never followed; the API creates one only
+with a relative target that stays inside the folder (:func:`contained_target`),
+because an app that follows a host-made link to ``/enclave/app/model`` would
+read its own secret as if it were the host's data, and write what it derives
+from it where the host can read it. Hard links join two names of one regular
+file, both inside the folder.
 
 This is what keeps the decrypted app (in a sibling private folder) out of the
 host's reach.
@@ -38,6 +43,7 @@ from strongroom.errors import (
     InvalidInputError,
     NotFoundError,
     PathEscapeError,
+    StrongroomError,
     UsageError,
 )
 
@@ -146,6 +152,18 @@ def _open_at(dir_fd: int, name: str, path: str, flags: int, *, directory_ok: boo
 
 
 def _translate(e: OSError, path: str) -> Exception:
+    translated = _translated(e, path)
+    if isinstance(translated, StrongroomError) and e.errno is not None:
+        translated.errno_name = errno.errorcode.get(e.errno)
+    return translated
+
+
+def _with_errno(error: StrongroomError, name: str) -> StrongroomError:
+    error.errno_name = name
+    return error
+
+
+def _translated(e: OSError, path: str) -> Exception:
     if e.errno == errno.ENOENT:
         return NotFoundError(f"{path}: no such file or directory")
     if e.errno == errno.EEXIST:
@@ -361,6 +379,46 @@ class SharedFolder:
         finally:
             os.close(target)
 
+    def symlink(self, path: str, target: str) -> None:
+        """Make ``path`` a symlink to ``target``, which must stay inside the folder."""
+        contained_target(path, target)
+        with self._parent(path) as (fd, name):
+            try:
+                os.symlink(target, name, dir_fd=fd)
+            except OSError as e:
+                raise _translate(e, path) from e
+
+    def readlink(self, path: str) -> str:
+        with self._parent(path) as (fd, name):
+            try:
+                return os.readlink(name, dir_fd=fd)
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    raise _with_errno(UsageError(f"{path}: not a symlink"), "EINVAL") from e
+                raise _translate(e, path) from e
+
+    def link(self, source: str, destination: str) -> None:
+        """A second name for the regular file ``source`` (never a symlink's target)."""
+        with self._parent(source) as (sfd, sname), self._parent(destination) as (dfd, dname):
+            try:
+                mode = os.stat(sname, dir_fd=sfd, follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    raise _with_errno(
+                        UsageError(f"{source}: only a regular file can be hard-linked"), "EPERM"
+                    )
+                os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except OSError as e:
+                raise _translate(e, f"{source} -> {destination}") from e
+
+    def fsync(self, path: str) -> None:
+        """Flush a regular file (or a directory) to its filesystem."""
+        with self._parent(path) as (fd, name):
+            target = _open_at(fd, name, path, os.O_RDONLY, directory_ok=True)
+        try:
+            os.fsync(target)
+        finally:
+            os.close(target)
+
     def statfs(self) -> dict[str, int]:
         st = os.statvfs(self.root)
         return {
@@ -375,6 +433,44 @@ class SharedFolder:
     def host_path(self, path: str) -> Path:
         """The real path of a shared-folder path *inside the enclave* (for app arguments)."""
         return self.root.joinpath(*split_path(path))
+
+
+def contained_target(path: str, target: str) -> str:
+    """``target`` if a symlink at ``path`` pointing to it resolves inside the folder.
+
+    Checked on the names alone: relative, and never climbing above the root
+    from the link's own directory. Every link the API makes passes this, so a
+    chain of them stays inside too (links an app makes are the app's affair:
+    the server never follows any).
+    """
+    parts = split_path(path)
+    if not parts:
+        raise UsageError("the shared folder's root cannot be a symlink")
+    if not target or len(target) > MAX_PATH or "\x00" in target:
+        raise _with_errno(InvalidInputError("a symlink needs a target"), "EINVAL")
+    if target.startswith("/"):
+        raise _with_errno(
+            PathEscapeError(
+                f"symlink target {target!r} is absolute",
+                hint="inside the enclave it names the enclave's own files; make it relative",
+            ),
+            "EPERM",
+        )
+    depth = len(parts) - 1
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise _with_errno(
+                    PathEscapeError(
+                        f"symlink target {target!r} leaves the shared folder",
+                        hint="a symlink may only point inside the shared folder",
+                    ),
+                    "EPERM",
+                )
+        elif part not in ("", "."):
+            depth += 1
+    return target
 
 
 def _remove_tree(parent_fd: int, name: str) -> None:

@@ -15,9 +15,12 @@ from pydantic import BaseModel
 import strongroom
 from strongroom.server.api import (
     ChmodBody,
+    FsyncBody,
+    LinkBody,
     MkdirBody,
     RenameBody,
     RunRequest,
+    SymlinkBody,
     TimesBody,
     TruncateBody,
 )
@@ -29,6 +32,7 @@ _PROBLEM = {
         "error": {"type": "string", "description": "error class, e.g. NotFoundError"},
         "message": {"type": "string"},
         "hint": {"type": ["string", "null"]},
+        "errno": {"type": "string", "description": "the POSIX error of a filesystem failure"},
     },
 }
 _OK = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
@@ -88,6 +92,9 @@ def document() -> dict[str, Any]:
         TruncateBody,
         TimesBody,
         ChmodBody,
+        SymlinkBody,
+        LinkBody,
+        FsyncBody,
         RunRequest,
     ]
     schemas: dict[str, Any] = {"Problem": _PROBLEM, "Entry": _ENTRY}
@@ -226,6 +233,31 @@ def document() -> dict[str, Any]:
         "/v1/files/times": {"post": _op("set times", _json(_OK), requestBody=_body(TimesBody))},
         "/v1/files/chmod": {"post": _op("set mode", _json(_OK), requestBody=_body(ChmodBody))},
         "/v1/files/statfs": {"get": _op("sizes of the shared folder", _json({"type": "object"}))},
+        "/v1/files/symlink": {
+            "post": _op(
+                "make a symlink whose relative target stays inside the shared folder",
+                _json(_OK),
+                requestBody=_body(SymlinkBody),
+            )
+        },
+        "/v1/files/readlink": {
+            "get": _op(
+                "a symlink's target (never followed)",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {"path": {"type": "string"}, "target": {"type": "string"}},
+                    }
+                ),
+                parameters=[_PATH_PARAM],
+            )
+        },
+        "/v1/files/link": {
+            "post": _op("a hard link to a regular file", _json(_OK), requestBody=_body(LinkBody))
+        },
+        "/v1/files/fsync": {
+            "post": _op("flush a file to its filesystem", _json(_OK), requestBody=_body(FsyncBody))
+        },
         "/v1/runs": {
             "post": _op(
                 "run a sealed app: newline-delimited JSON events as they happen",

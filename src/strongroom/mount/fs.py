@@ -1,0 +1,628 @@
+"""The shared folder as a FUSE filesystem (libfuse 3 through mfusepy).
+
+Each operation the kernel asks for becomes Files API requests on one
+:class:`EnclaveClient`. What makes it fast without making it wrong:
+
+- **Attributes** are kept :data:`ATTR_TTL_S` (here and in the kernel), and a
+  listing primes them for every entry, so ``ls -l`` costs one request. Our own
+  changes drop what they touch at once; changes the app makes inside the
+  enclave show within the TTL.
+- **Writes** to a handle are gathered while they run on (``cp`` writes 128 KiB
+  at a time) and sent as one request per :data:`WRITE_BLOCK`, the next block
+  filling while the last is on its way. A new file is not made in the enclave
+  until it has content or is closed, and then in one whole-file request (which
+  lands atomically), so small files cost one request, not three.
+- **Reads** running on are fetched :data:`READ_BLOCK` at a time, the next
+  :data:`READ_AHEAD` blocks in the background while the kernel takes the
+  current one.
+- ``close`` sends what is buffered and reports its failure; ``fsync`` also
+  asks the enclave to flush the file. Nothing is fsynced on close unless asked.
+
+Failures: a request fails after :data:`REQUEST_TIMEOUT_S`; a heartbeat checks
+every :data:`HEARTBEAT_S` that the enclave still answers *and is the same
+start of it* (its identity key). Once it does not, every operation fails
+with ``ENOTCONN`` at once, never hangs, and never reaches a restarted
+enclave that happens to reuse the socket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import mfusepy
+
+from strongroom import errors
+from strongroom.client.enclave import EnclaveClient, EnclaveGoneError, RemoteEntry
+from strongroom.errors import StrongroomError
+
+log = logging.getLogger("strongroom.mount")
+
+ATTR_TTL_S = 1.0
+NEGATIVE_TTL_S = 0.5
+WRITE_BLOCK = 8 * 1024 * 1024
+READ_BLOCK = 4 * 1024 * 1024
+READ_AHEAD = 2
+WRITES_IN_FLIGHT = 2
+MAX_WRITE = 1024 * 1024
+REQUEST_TIMEOUT_S = 5.0
+HEARTBEAT_S = 1.0
+#: What the enclave makes a new file with (and what needs no chmod after).
+_DEFAULT_FILE_MODE = 0o644
+_DEFAULT_DIR_MODE = 0o755
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+
+_ERRNO_BY_CLASS: tuple[tuple[type[StrongroomError], int], ...] = (
+    (EnclaveGoneError, errno.ENOTCONN),
+    (errors.NotFoundError, errno.ENOENT),
+    (errors.AlreadyExistsError, errno.EEXIST),
+    (errors.InsufficientSpaceError, errno.ENOSPC),
+    (errors.AccessDeniedError, errno.EACCES),
+    (errors.PathEscapeError, errno.EPERM),
+    (errors.UnavailableError, errno.EIO),
+    (errors.TamperedError, errno.EIO),
+    (errors.UsageError, errno.EINVAL),
+    (errors.InvalidInputError, errno.EINVAL),
+)
+
+
+def errno_of(error: StrongroomError) -> int:
+    """The errno the kernel should see for ``error`` (the enclave's own, when it sent one)."""
+    if error.errno_name is not None and isinstance(
+        code := getattr(errno, error.errno_name, None), int
+    ):
+        return code
+    return next((code for cls, code in _ERRNO_BY_CLASS if isinstance(error, cls)), errno.EIO)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _operation(method: F) -> F:
+    """Answer the kernel with an errno for every failure; fail fast once the enclave is gone."""
+
+    @functools.wraps(method)
+    def wrapper(self: SharedFolderFS, *args: Any) -> Any:
+        if self.gone is not None:
+            raise mfusepy.FuseOSError(errno.ENOTCONN)
+        try:
+            return method(self, *args)
+        except StrongroomError as e:
+            if isinstance(e, EnclaveGoneError):
+                self.lose(str(e))
+            code = errno_of(e)
+            if code == errno.EIO:
+                log.warning("%s%r: %s", method.__name__, args[:1], e.message)
+            raise mfusepy.FuseOSError(code) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class _Handle:
+    """An open file: its buffered writes, its read-ahead and a failure to report."""
+
+    path: str
+    #: Not yet made in the enclave (created here, nothing sent yet).
+    new: bool = False
+    mode: int = _DEFAULT_FILE_MODE
+    times: tuple[float, float] | None = None
+    buffer_at: int = 0
+    buffer: bytearray = field(default_factory=bytearray)
+    #: Blocks on their way to the enclave, oldest first.
+    sending: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    #: The size the file has once everything buffered or in flight has landed.
+    size: int = 0
+    block_at: int = -1
+    block: bytes | bytearray = b""
+    #: Blocks being fetched ahead of the reader, in order: (offset, its fetch).
+    ahead: list[tuple[int, concurrent.futures.Future[bytearray]]] = field(default_factory=list)
+    failure: StrongroomError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def dirty(self) -> bool:
+        return self.new or bool(self.buffer) or bool(self.sending)
+
+    def drop_blocks(self) -> None:
+        self.block_at, self.block, self.ahead = -1, b"", []
+
+
+class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
+    """The FUSE operations; ``mfusepy.FUSE(SharedFolderFS(...), DIR, ...)`` serves them."""
+
+    use_ns = True
+
+    def __init__(
+        self,
+        client: EnclaveClient,
+        *,
+        identity_key: str,
+        read_only: bool,
+        on_ready: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.on_ready = on_ready
+        self.identity_key = identity_key
+        self.read_only = read_only
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.gone: str | None = None
+        self._attrs: dict[str, tuple[float, RemoteEntry | None]] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="mount-io")
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    # --- life ---------------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if config is not None:
+            config.entry_timeout = ATTR_TTL_S
+            config.attr_timeout = ATTR_TTL_S
+            config.negative_timeout = NEGATIVE_TTL_S
+            # the kernel keeps a file's pages across opens while its size and mtime stay
+            config.auto_cache = 1
+        if conn is not None:
+            conn.max_write = MAX_WRITE
+            conn.max_readahead = MAX_WRITE
+        self._heartbeat.start()
+        log.info("serving the shared folder of enclave %s", self.client.name)
+        self.on_ready()
+
+    def destroy(self, path: str) -> None:
+        """Unmounted: send what is still buffered (``unmount`` waits for this)."""
+        self._stop.set()
+        for number in list(self._handles):
+            handle = self._handles.get(number)
+            if handle is not None and self.gone is None:
+                try:
+                    self._settle(handle)
+                except StrongroomError as e:
+                    log.error("%s: lost at unmount: %s", handle.path, e.message)
+        self._pool.shutdown(wait=True)
+
+    def lose(self, reason: str) -> None:
+        if self.gone is None:
+            self.gone = reason
+            log.error("the enclave is gone (%s): every operation now fails", reason)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                key = self.client.describe().get("identity_key")
+            except StrongroomError as e:
+                self.lose(e.message)
+                return
+            if key != self.identity_key:
+                self.lose("the enclave was restarted (its identity key changed)")
+                return
+
+    # --- attributes -----------------------------------------------------------
+
+    def _entry(self, path: str) -> RemoteEntry | None:
+        now = time.monotonic()
+        cached = self._attrs.get(path)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            entry: RemoteEntry | None = self.client.stat(path)
+        except errors.NotFoundError:
+            entry = None
+        self._attrs[path] = (now + (ATTR_TTL_S if entry else NEGATIVE_TTL_S), entry)
+        return entry
+
+    def _forget(self, *paths: str) -> None:
+        """Drop cached attributes of ``paths``, everything below them and their parents."""
+        with self._lock:
+            for path in paths:
+                parent = path.rsplit("/", 1)[0] or "/"
+                for key in [k for k in self._attrs if k == path or k.startswith(path + "/")]:
+                    del self._attrs[key]
+                self._attrs.pop(parent, None)
+            for handle in self._handles.values():
+                if any(handle.path == p or handle.path.startswith(p + "/") for p in paths):
+                    handle.drop_blocks()
+
+    def _attributes(self, entry: RemoteEntry) -> dict[str, Any]:
+        kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(entry.type, stat.S_IFREG)
+        ns = int(entry.mtime * 1e9)
+        return {
+            "st_mode": kind | entry.mode,
+            "st_nlink": 2 if entry.type == "dir" else 1,
+            "st_size": entry.size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_mtime": ns,
+            "st_ctime": ns,
+            "st_atime": ns,
+            "st_blocks": -(-entry.size // 512),
+        }
+
+    def _open_handles(self, path: str) -> list[_Handle]:
+        with self._lock:
+            return [
+                h for h in self._handles.values() if h.path == path or h.path.startswith(path + "/")
+            ]
+
+    @_operation
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        handles = self._open_handles(path)
+        exact = [h for h in handles if h.path == path]
+        if any(h.new for h in exact):
+            new = next(h for h in exact if h.new)
+            now = new.times[1] if new.times else time.time()
+            return self._attributes(RemoteEntry(path, "file", new.size, new.mode, now))
+        entry = self._entry(path)
+        if entry is None or entry.type == "other":
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        attrs = self._attributes(entry)
+        if exact:
+            attrs["st_size"] = max([entry.size, *(h.size for h in exact if h.dirty)])
+        return attrs
+
+    @_operation
+    def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict[str, Any], int]]:
+        for handle in self._open_handles(path):
+            if handle.new:
+                self._settle(handle)  # a file created here is listed once it exists there
+        entries = self.client.list(path)
+        expires = time.monotonic() + ATTR_TTL_S
+        names: list[str | tuple[str, dict[str, Any], int]] = [".", ".."]
+        with self._lock:
+            for entry in entries:
+                if entry.type == "other":
+                    continue  # a FIFO or socket an app made: nothing the host can use
+                self._attrs[entry.path] = (expires, entry)
+                names.append((entry.path.rsplit("/", 1)[1], self._attributes(entry), 0))
+        return iter(names)
+
+    @_operation
+    def statfs(self, path: str) -> dict[str, int]:
+        space = self.client.statfs()
+        return {
+            "f_bsize": space.block_size,
+            "f_frsize": space.block_size,
+            "f_blocks": space.blocks,
+            "f_bfree": space.blocks_free,
+            "f_bavail": space.blocks_free,
+            "f_files": space.files,
+            "f_ffree": space.files_free,
+            "f_favail": space.files_free,
+            "f_namemax": 255,
+        }
+
+    # --- files ----------------------------------------------------------------
+
+    def _new_handle(self, handle: _Handle) -> int:
+        with self._lock:
+            number = next(self._numbers)
+            self._handles[number] = handle
+        return number
+
+    def _handle(self, fh: int) -> _Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        return handle
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise mfusepy.FuseOSError(errno.EROFS)
+
+    @_operation
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self._writable()
+        for other in self._open_handles(path):
+            self._settle(other)
+        self._forget(path)
+        return self._new_handle(_Handle(path, new=True, mode=stat.S_IMODE(mode)))
+
+    @_operation
+    def open(self, path: str, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self._writable()
+        for other in self._open_handles(path):
+            if other.path == path:
+                self._settle(other)  # what another handle wrote is there before we read
+        entry = self._entry(path)
+        if entry is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return self._new_handle(_Handle(path, size=entry.size))
+
+    @_operation
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        handle = self._handle(fh)
+        with handle.lock:
+            if handle.dirty:
+                self._send(handle, wait=True)
+            block = self._block(handle, offset)
+            start = offset - handle.block_at
+            with memoryview(block) as view:
+                data = bytes(view[start : start + size])  # the one copy, for the kernel
+            if len(data) < size and len(block) == READ_BLOCK:  # the read spans two blocks
+                block = self._block(handle, offset + len(data))
+                with memoryview(block) as view:
+                    data += view[: size - len(data)]
+            return data
+
+    def _block(self, handle: _Handle, offset: int) -> bytes | bytearray:
+        """The block holding ``offset``: the one held, the next one fetched ahead, or a new one.
+
+        A reader that runs on into the next block keeps :data:`READ_AHEAD`
+        blocks on their way, on as many connections, so the enclave reads
+        while the kernel copies.
+        """
+        if handle.block_at <= offset < handle.block_at + len(handle.block):
+            return handle.block
+        running_on = offset == 0 or (
+            handle.block_at >= 0 and offset == handle.block_at + len(handle.block)
+        )
+        if handle.ahead and handle.ahead[0][0] == offset:
+            _, fetch = handle.ahead.pop(0)
+            handle.block_at, handle.block = offset, fetch.result()
+        else:
+            handle.ahead = []
+            handle.block_at, handle.block = (
+                offset,
+                self.client.read_range(handle.path, offset, READ_BLOCK),
+            )
+        if running_on and len(handle.block) == READ_BLOCK:
+            next_at = handle.ahead[-1][0] + READ_BLOCK if handle.ahead else offset + READ_BLOCK
+            while len(handle.ahead) < READ_AHEAD:
+                fetch = self._pool.submit(self.client.read_range, handle.path, next_at, READ_BLOCK)
+                handle.ahead.append((next_at, fetch))
+                next_at += READ_BLOCK
+        return handle.block
+
+    @_operation
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        self._writable()
+        handle = self._handle(fh)
+        with handle.lock:
+            self._report(handle)
+            handle.drop_blocks()
+            if handle.buffer and offset != handle.buffer_at + len(handle.buffer):
+                self._send(handle, wait=False)
+            if not handle.buffer:
+                handle.buffer_at = offset
+            handle.buffer += data
+            handle.size = max(handle.size, offset + len(data))
+            if len(handle.buffer) >= WRITE_BLOCK:
+                self._send(handle, wait=False)
+        return len(data)
+
+    def _send(self, handle: _Handle, *, wait: bool) -> None:
+        """Send the buffered block (caller holds ``handle.lock``).
+
+        At most :data:`WRITES_IN_FLIGHT` blocks are on their way (they never
+        overlap: a write that does not run on sends the buffer first); ``wait``
+        waits for all of them.
+        """
+        while handle.sending and (wait or len(handle.sending) >= WRITES_IN_FLIGHT):
+            try:
+                handle.sending.pop(0).result()
+            except StrongroomError as e:
+                handle.failure = handle.failure or e
+        self._report(handle)
+        if handle.new:
+            # made in the enclave with its first content, in one atomic whole-file write
+            data, handle.buffer = bytes(handle.buffer), bytearray()
+            if handle.buffer_at:
+                data = bytes(handle.buffer_at) + data
+            self._materialise(handle, data)
+            return
+        if not handle.buffer:
+            return
+        data, at, handle.buffer = bytes(handle.buffer), handle.buffer_at, bytearray()
+        self._forget(handle.path)
+        if wait:
+            self.client.write_at(handle.path, at, data)
+        else:
+            handle.sending.append(self._pool.submit(self.client.write_at, handle.path, at, data))
+
+    def _materialise(self, handle: _Handle, data: bytes) -> None:
+        path = handle.path
+        self.client.put_file(path, data)
+        handle.new = False
+        if handle.mode != _DEFAULT_FILE_MODE:
+            self.client.chmod(path, handle.mode)
+        if handle.times is not None:
+            self.client.set_times(path, *handle.times)
+        self._forget(path)
+
+    def _report(self, handle: _Handle) -> None:
+        """Raise (once) the failure of a write that was sent in the background."""
+        if handle.failure is not None:
+            failure, handle.failure = handle.failure, None
+            raise failure
+
+    def _settle(self, handle: _Handle) -> None:
+        with handle.lock:
+            if handle.dirty:
+                self._send(handle, wait=True)
+            self._report(handle)
+
+    @_operation
+    def flush(self, path: str, fh: int) -> None:
+        self._settle(self._handle(fh))
+
+    @_operation
+    def release(self, path: str, fh: int) -> None:
+        handle = self._handle(fh)
+        try:
+            self._settle(handle)
+        finally:
+            with self._lock:
+                self._handles.pop(fh, None)
+
+    @_operation
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        handle = self._handle(fh)
+        self._settle(handle)
+        self.client.fsync(handle.path)
+
+    @_operation
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._writable()
+        handles = [h for h in self._open_handles(path) if h.path == path]
+        for handle in handles:
+            self._settle(handle)  # buffered writes first, then the cut
+        self.client.truncate(path, length)
+        for handle in handles:
+            handle.size = length
+        self._forget(path)
+
+    # --- names ----------------------------------------------------------------
+
+    def _settle_below(self, *paths: str) -> None:
+        for path in paths:
+            for handle in self._open_handles(path):
+                self._settle(handle)
+
+    @_operation
+    def unlink(self, path: str) -> None:
+        self._writable()
+        self._settle_below(path)
+        self.client.remove(path)
+        self._forget(path)
+
+    @_operation
+    def mkdir(self, path: str, mode: int) -> None:
+        self._writable()
+        self.client.mkdir(path, parents=False)
+        if stat.S_IMODE(mode) != _DEFAULT_DIR_MODE:
+            self.client.chmod(path, stat.S_IMODE(mode))
+        self._forget(path)
+
+    @_operation
+    def rmdir(self, path: str) -> None:
+        self._writable()
+        self.client.remove(path)
+        self._forget(path)
+
+    @_operation
+    def rename(self, old: str, new: str) -> None:
+        self._writable()
+        self._settle_below(old, new)
+        self.client.rename(old, new)
+        self._forget(old, new)
+        with self._lock:
+            for handle in self._handles.values():
+                if handle.path == old or handle.path.startswith(old + "/"):
+                    handle.path = new + handle.path[len(old) :]
+
+    @_operation
+    def symlink(self, target: str, source: str) -> None:
+        """``ln -s source target``: ``target`` is the new link, ``source`` what it points to."""
+        self._writable()
+        self.client.symlink(target, source)
+        self._forget(target)
+
+    @_operation
+    def readlink(self, path: str) -> str:
+        return self.client.readlink(path)
+
+    @_operation
+    def link(self, target: str, source: str) -> None:
+        """``ln source target``: ``target`` is the new name of the file ``source``."""
+        self._writable()
+        self._settle_below(source)
+        self.client.link(source, target)
+        self._forget(target, source)
+
+    # --- metadata -------------------------------------------------------------
+
+    @_operation
+    def chmod(self, path: str, mode: int) -> None:
+        self._writable()
+        if mode & 0o7000:
+            raise mfusepy.FuseOSError(errno.EPERM)  # the Files API sets permission bits only
+        new = [h for h in self._open_handles(path) if h.path == path and h.new]
+        if new:
+            new[0].mode = stat.S_IMODE(mode)
+            return
+        self.client.chmod(path, stat.S_IMODE(mode))
+        self._forget(path)
+
+    @_operation
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """Everything belongs to the mounting user: only a change to that is accepted."""
+        self._writable()
+        if uid not in (-1, self.uid) or gid not in (-1, self.gid):
+            raise mfusepy.FuseOSError(errno.EPERM)
+
+    @_operation
+    def utimens(self, path: str, times: tuple[Time, Time] | None = None) -> None:
+        """Times as :class:`StrongroomFuse` passes them: seconds, or ``"now"`` / ``"omit"``."""
+        self._writable()
+        wanted: tuple[Time, Time] = times if times is not None else ("now", "now")
+        new = [h for h in self._open_handles(path) if h.path == path and h.new]
+        if new:
+            now = time.time()
+            new[0].times = _resolved(wanted, new[0].times or (now, now))
+            return
+        for handle in self._open_handles(path):
+            if handle.path == path:
+                self._settle(handle)  # a later write would move mtime again
+        current = (0.0, 0.0)
+        if "omit" in wanted:
+            entry = self._entry(path)
+            if entry is None:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            current = (entry.mtime, entry.mtime)  # the Files API keeps no atime of its own
+        self.client.set_times(path, *_resolved(wanted, current))
+        self._forget(path)
+
+
+#: A time for ``utimens``: seconds since the epoch, or the kernel's UTIME_NOW / UTIME_OMIT.
+Time = float | str
+
+
+def _resolved(wanted: tuple[Time, Time], current: tuple[float, float]) -> tuple[float, float]:
+    now = time.time()
+    a, m = (
+        now if value == "now" else old if value == "omit" else float(value)
+        for value, old in zip(wanted, current, strict=True)
+    )
+    return a, m
+
+
+class StrongroomFuse(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with the fixes a faithful filesystem needs.
+
+    - ``rename`` with flags (``RENAME_NOREPLACE``, ``RENAME_EXCHANGE``): mfusepy drops
+      them, which would turn "rename unless it exists" into "replace it"; refuse
+      instead (``EINVAL``), so callers fall back to their own check.
+    - ``utimens``: seconds from the raw ``timespec`` pairs, with UTIME_NOW and
+      UTIME_OMIT kept recognisable (mfusepy folds them into a number).
+    """
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        if flags:
+            return -errno.EINVAL
+        result: int = self.rename_fuse_2(old, new)
+        return result
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times: tuple[Time, Time] | None = None
+        if buf:
+            pair = (buf.contents.actime, buf.contents.modtime)
+            special = {_UTIME_NOW: "now", _UTIME_OMIT: "omit"}
+            a, m = (special.get(t.tv_nsec) or t.tv_sec + t.tv_nsec / 1e9 for t in pair)
+            times = (a, m)
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        result: int = self.operations.utimens(decoded, times)
+        return result
