@@ -109,9 +109,12 @@ def _special(mode: int) -> str | None:
     return None
 
 
-def _refuse_special(path: str, kind: str) -> UsageError:
-    return UsageError(
-        f"{path} is a {kind}: only regular files are read or written", hint=_SPECIAL_HINT
+def _refuse_special(path: str, kind: str) -> StrongroomError:
+    return _with_errno(
+        UsageError(
+            f"{path} is a {kind}: only regular files are read or written", hint=_SPECIAL_HINT
+        ),
+        "EPERM",
     )
 
 
@@ -127,7 +130,9 @@ def _open_at(dir_fd: int, name: str, path: str, flags: int, *, directory_ok: boo
         before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         if not flags & os.O_CREAT:
-            raise NotFoundError(f"{path}: no such file or directory") from None
+            raise _with_errno(
+                NotFoundError(f"{path}: no such file or directory"), "ENOENT"
+            ) from None
     except OSError as e:
         raise _translate(e, path) from e
     else:
@@ -142,7 +147,7 @@ def _open_at(dir_fd: int, name: str, path: str, flags: int, *, directory_ok: boo
         if (kind := _special(mode)) is not None:
             raise _refuse_special(path, kind)
         if stat.S_ISDIR(mode) and not directory_ok:
-            raise UsageError(f"{path}: not a regular file")
+            raise _with_errno(UsageError(f"{path}: not a regular file"), "EISDIR")
         if stat.S_ISREG(mode):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
@@ -194,7 +199,10 @@ class SharedFolder:
         """Yield (descriptor of the parent directory, final name) for ``path``."""
         parts = split_path(path)
         if not parts:
-            raise UsageError("this operation needs a path inside the shared folder, not its root")
+            raise _with_errno(
+                UsageError("this operation needs a path inside the shared folder, not its root"),
+                "EBUSY",
+            )
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts[:-1]:
@@ -314,12 +322,12 @@ class SharedFolder:
         if (kind := _special(mode)) is not None:
             raise _refuse_special(path, kind)
         if stat.S_ISDIR(mode):
-            raise UsageError(f"{path}: is a directory")
+            raise _with_errno(UsageError(f"{path}: is a directory"), "EISDIR")
 
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         parts = split_path(path)
         if not parts:
-            raise UsageError("the shared folder's root already exists")
+            raise _with_errno(UsageError("the shared folder's root already exists"), "EEXIST")
         for depth in range(1 if parents else len(parts), len(parts) + 1):
             sub = "/".join(parts[:depth])
             with self._parent(sub) as (fd, name):
@@ -327,9 +335,13 @@ class SharedFolder:
                     os.mkdir(name, 0o755, dir_fd=fd)
                 except FileExistsError:
                     if depth == len(parts) and not parents:
-                        raise AlreadyExistsError(f"{sub}: already exists") from None
+                        raise _with_errno(
+                            AlreadyExistsError(f"{sub}: already exists"), "EEXIST"
+                        ) from None
                     if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                        raise UsageError(f"{sub}: exists and is not a directory") from None
+                        raise _with_errno(
+                            UsageError(f"{sub}: exists and is not a directory"), "EEXIST"
+                        ) from None
                 except OSError as e:
                     raise _translate(e, sub) from e
 
