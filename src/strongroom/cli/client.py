@@ -492,6 +492,7 @@ def run_command(
                 f"{package}: no such file",
                 hint="name a local .sealed file, or a /path in the shared folder",
             )
+        _settle_mounts(ws, enclave.name)
         credentials, key_service = _run_credentials(
             ws, enclave, local if local.is_file() else None, remote
         )
@@ -506,6 +507,16 @@ def run_command(
         }
         code = _stream_run(app, enclave.run(request))
     sys.exit(code)
+
+
+def _settle_mounts(ws: Workspace, enclave_name: str) -> None:
+    """What was copied into a mount of this enclave is in the enclave before the app looks."""
+    if not (ws.run_dir / "mount").is_dir():
+        return  # no mount was ever made here: nothing to import, nothing to wait for
+    from strongroom.client.mount import mounts
+
+    for mount in mounts.of_enclave(ws, enclave_name, running=True):
+        mounts.settle(mount.directory)
 
 
 def _stream_run(app: AppContext, events: Any) -> int:

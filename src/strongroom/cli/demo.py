@@ -44,6 +44,10 @@ RUN_CLASSIFIER = (
 )
 
 
+#: The same run, of the package copied into the synced folder.
+RUN_FROM_FOLDER = ("run", "/encrypted/classifier.sealed", *RUN_CLASSIFIER[2:])
+
+
 class DemoError(StrongroomError):
     pass
 
@@ -95,6 +99,15 @@ class Demo:
             )
         return text
 
+    def shell(self, *argv: str) -> None:
+        """Run a plain shell command in the scratch directory, printing it and its output."""
+        out.print(f"      [dim]$ {escape(shlex.join(argv))}[/]")
+        result = subprocess.run(argv, cwd=self.workdir, capture_output=True, text=True)
+        for line in (result.stdout + result.stderr).rstrip().splitlines():
+            out.print(f"      {escape(line)}")
+        if result.returncode != 0:
+            raise DemoError(f"`{shlex.join(argv)}` exited with {result.returncode}")
+
 
 @click.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the scratch workspace for inspection.")
@@ -105,8 +118,9 @@ def demo_command(app: AppContext, keep: bool) -> None:
     \b
     Vendor: a key, an enclave image approved in the key policy, a sealed app
     (a digits classifier whose weights are the vendor's secret). Host: the
-    enclave, the egress proxy, the dataset pushed in, the sealed app run, the
-    results pulled out; the host cannot unseal the app itself; after the
+    enclave, the egress proxy, the shared folder mounted (push/pull where
+    there is no FUSE), the dataset copied in, the sealed app run, the
+    results read back; the host cannot unseal the app itself; after the
     vendor revokes the image, the next run is denied. Every step prints the
     command it runs. Your own workspace is untouched; nothing is left running.
 
@@ -139,6 +153,29 @@ def _stop_everything(demo: Demo) -> None:
             [sys.executable, "-m", "strongroom", "--home", str(demo.home), *args],
             capture_output=True,
         )
+
+
+def _fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def _through_the_synced_folder(demo: Demo, dataset: Path) -> Any:
+    """Runbook 4.5 as written: a folder synced with the enclave, plain cp in and out."""
+    synced = demo.workdir / "synced"
+    synced.mkdir()
+    demo.step("Mount the enclave's shared folder (the runbook's synced folder)")
+    demo.cli("mount", "synced")
+    demo.step("Copy the dataset and the sealed app in, as into any folder")
+    demo.shell("mkdir", "-p", "synced/dataset", "synced/encrypted", "synced/output")
+    demo.shell("cp", str(dataset), "synced/dataset/")
+    demo.shell("cp", "classifier.sealed", "synced/encrypted/")
+    demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
+    demo.cli(*RUN_FROM_FOLDER, live=True)
+    demo.step("Read the results where the app wrote them")
+    demo.shell("ls", "synced/output")
+    metrics = _json((synced / "output" / "metrics.json").read_text())
+    demo.cli("unmount", "synced")
+    return metrics
 
 
 def _json(text: str) -> Any:
@@ -196,13 +233,16 @@ def _run(demo: Demo) -> None:
     demo.cli("proxy", "start")
     demo.step("Check what the enclave runs: its attestation, verified against the image")
     demo.cli("attest", "--image", "classifier.eif")
-    demo.step("Push the host's dataset into the enclave's shared folder")
-    demo.cli("push", str(dataset), "/dataset/")
-    demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
-    demo.cli(*RUN_CLASSIFIER, live=True)
-    demo.step("Pull the results out")
-    demo.cli("pull", "/output", "results")
-    metrics = _json((demo.workdir / "results" / "metrics.json").read_text())
+    if _fuse_available():
+        metrics = _through_the_synced_folder(demo, dataset)
+    else:
+        demo.step("Push the host's dataset into the enclave's shared folder (no FUSE here)")
+        demo.cli("push", str(dataset), "/dataset/")
+        demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
+        demo.cli(*RUN_CLASSIFIER, live=True)
+        demo.step("Pull the results out")
+        demo.cli("pull", "/output", "results")
+        metrics = _json((demo.workdir / "results" / "metrics.json").read_text())
     out.print(f"      accuracy {metrics['accuracy']:.4f} on {metrics['samples']} samples")
 
     demo.section("4. What the host cannot do")

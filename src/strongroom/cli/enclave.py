@@ -265,7 +265,7 @@ def stop_command(app: AppContext, name: str | None, stop_all: bool) -> None:
 
 def _unmount_folders(ws: Workspace, names: list[str]) -> None:
     """Unmount the synced folders of enclaves about to stop (their files go with them)."""
-    from strongroom.mount import mounts
+    from strongroom.client.mount import mounts
 
     for name in names:
         for mount in mounts.unmount_enclave(ws, name):

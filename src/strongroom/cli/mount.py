@@ -1,6 +1,6 @@
 """``strongroom mount``, ``unmount`` and ``sync -d``: the enclave's shared folder as a local folder.
 
-See :mod:`strongroom.mount` for how the folder works and what it promises.
+See :mod:`strongroom.client.mount` for how the folder works and what it promises.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def mount_command(
     it by the same path (`/dataset/x.csv` here is `/dataset/x.csv` to `run`);
     what an app writes shows up here within a second. Files are closed into
     the enclave (close-to-open, as on NFS); `sync`/`fsync` waits until they
-    are there. With no DIRECTORY: list the workspace's mounts.
+    are there, and `strongroom run` does that for you. If the enclave stops
+    answering, every operation fails at once (ENOTCONN, state LOST) until you
+    unmount. With no DIRECTORY: list the workspace's mounts.
 
     \b
     The runbook's folder (step 4.5):
@@ -49,7 +51,7 @@ def mount_command(
       cat ~/synced/output/result.json
       strongroom unmount ~/synced
     """
-    from strongroom.mount import mounts
+    from strongroom.client.mount import mounts
 
     ws = app.workspace()
     if directory is None:
@@ -63,9 +65,15 @@ def mount_command(
             [m.to_json() for m in found],
             lambda: (
                 emit_table(
-                    ["DIRECTORY", "ENCLAVE", "MODE", "PID"],
+                    ["DIRECTORY", "ENCLAVE", "STATE", "MODE", "PID"],
                     [
-                        [m.directory, m.enclave, "ro" if m.read_only else "rw", m.record.pid]
+                        [
+                            m.directory,
+                            m.enclave,
+                            m.state,
+                            "ro" if m.read_only else "rw",
+                            m.record.pid,
+                        ]
                         for m in found
                     ],
                     optional=["PID"],
@@ -85,7 +93,7 @@ def mount_command(
                 format="%(asctime)s %(levelname)s %(message)s",
             )
             from strongroom.client.enclave import EnclaveClient
-            from strongroom.mount.fs import REQUEST_TIMEOUT_S
+            from strongroom.client.mount.fs import REQUEST_TIMEOUT_S
 
             # requests that fail within seconds, so a dead enclave never hangs a reader
             served = EnclaveClient(
@@ -120,7 +128,7 @@ def unmount_command(app: AppContext, directory: str) -> None:
     the folder open, it is detached at once (a lazy unmount) and the kernel
     lets go when they do.
     """
-    from strongroom.mount import mounts
+    from strongroom.client.mount import mounts
 
     target = mounts.resolve(directory)
     lazy = mounts.unmount(app.workspace(), target)

@@ -245,7 +245,7 @@ class EnclaveClient:
             )
         return content
 
-    # --- POSIX operations, one request each (the mount, :mod:`strongroom.mount`) ---
+    # --- POSIX operations, one request each (the mount, :mod:`strongroom.client.mount`) ---
 
     def read_range(self, path: str, offset: int, length: int) -> bytearray:
         """Up to ``length`` bytes of ``path`` from ``offset`` (fewer at its end)."""

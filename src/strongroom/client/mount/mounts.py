@@ -48,10 +48,17 @@ class Mount:
     read_only: bool
     record: services.ServiceRecord
 
+    @property
+    def state(self) -> str:
+        """RUNNING, or LOST once its enclave stopped answering (every operation fails)."""
+        return str(self.record.extra.get("state"))
+
     def to_json(self) -> dict[str, object]:
         return {
             "directory": str(self.directory),
             "enclave": self.enclave,
+            "state": self.state,
+            "reason": self.record.extra.get("reason"),
             "read_only": self.read_only,
             "pid": self.record.pid,
             "log": self.record.log,
@@ -87,7 +94,7 @@ def active(ws: Workspace) -> list[Mount]:
         if not rec.is_alive():
             services.remove(ws.run_dir, KIND, rec.name)
             continue
-        if rec.extra.get("state") == "RUNNING" and directory in points:
+        if rec.extra.get("state") in ("RUNNING", "LOST") and directory in points:
             found.append(
                 Mount(
                     directory, str(rec.extra.get("enclave")), bool(rec.extra.get("read_only")), rec
@@ -96,8 +103,8 @@ def active(ws: Workspace) -> list[Mount]:
     return found
 
 
-def of_enclave(ws: Workspace, name: str) -> list[Mount]:
-    return [m for m in active(ws) if m.enclave == name]
+def of_enclave(ws: Workspace, name: str, *, running: bool = False) -> list[Mount]:
+    return [m for m in active(ws) if m.enclave == name and (m.state == "RUNNING" or not running)]
 
 
 def resolve(directory: str | Path) -> Path:
@@ -145,7 +152,7 @@ def _logs_to(path: Path) -> bool:
 def serve(ws: Workspace, client: EnclaveClient, directory: Path, *, read_only: bool) -> None:
     """Serve the mount in this process until it is unmounted (``--foreground``)."""
     try:
-        from strongroom.mount.fs import SharedFolderFS, StrongroomFuse
+        from strongroom.client.mount.fs import SharedFolderFS, StrongroomFuse
     except (OSError, ImportError) as e:  # mfusepy finds no libfuse3
         raise FuseMissingError(f"FUSE 3 is not available: {e}") from e
     fusermount()
@@ -172,8 +179,11 @@ def serve(ws: Workspace, client: EnclaveClient, directory: Path, *, read_only: b
     def ready() -> None:
         services.update(ws.run_dir, KIND, name, state="RUNNING")
 
+    def lost(reason: str) -> None:
+        services.update(ws.run_dir, KIND, name, state="LOST", reason=reason)
+
     operations = SharedFolderFS(
-        client, identity_key=identity_key, read_only=read_only, on_ready=ready
+        client, identity_key=identity_key, read_only=read_only, on_ready=ready, on_lost=lost
     )
     options: dict[str, object] = {
         "foreground": True,
@@ -212,12 +222,15 @@ def start(ws: Workspace, enclave: str, directory: Path, *, read_only: bool) -> M
             )
         for mount in active(ws):
             if mount.directory == directory and mount.record.pid == process.pid:
+                if mount.state != "RUNNING":
+                    unmount(ws, directory)
+                    raise UnavailableError(
+                        f"the enclave stopped answering as {directory} was mounted"
+                    )
                 return mount
         time.sleep(0.05)
     services.stop(process.pid)
-    raise UnavailableError(
-        f"the mount of {directory} did not start in time", hint=f"see {log}"
-    )
+    raise UnavailableError(f"the mount of {directory} did not start in time", hint=f"see {log}")
 
 
 def unmount(ws: Workspace, directory: Path) -> bool:
@@ -251,6 +264,24 @@ def unmount(ws: Workspace, directory: Path) -> bool:
             services.stop(record)
         services.remove(ws.run_dir, KIND, record.name)
     return lazy
+
+
+def settle(directory: Path) -> None:
+    """Wait until what was written through the mount is in the enclave.
+
+    An ``fsync`` of the folder itself: the mount sends every small file still
+    waiting to go (:mod:`.writeback`) and reports a write that failed.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise UnavailableError(
+            f"a write through the mount on {directory} failed: {e.strerror}",
+            hint="see the mount's log (`strongroom --json mount` names it)",
+        ) from e
+    finally:
+        os.close(fd)
 
 
 def unmount_enclave(ws: Workspace, enclave: str) -> list[Mount]:

@@ -44,9 +44,10 @@ import mfusepy
 
 from strongroom import errors
 from strongroom.client.enclave import EnclaveClient, EnclaveGoneError, RemoteEntry
+from strongroom.client.mount.writeback import Pending, WriteBack
 from strongroom.errors import StrongroomError
 
-log = logging.getLogger("strongroom.mount")
+log = logging.getLogger("strongroom.client.mount")
 
 ATTR_TTL_S = 1.0
 NEGATIVE_TTL_S = 0.5
@@ -129,6 +130,8 @@ class _Handle:
     #: Blocks being fetched ahead of the reader, in order: (offset, its fetch).
     ahead: list[tuple[int, concurrent.futures.Future[bytearray]]] = field(default_factory=list)
     failure: StrongroomError | None = None
+    #: Closed once already, its content left waiting in the write-back.
+    parked: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -151,20 +154,27 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         identity_key: str,
         read_only: bool,
         on_ready: Callable[[], None] = lambda: None,
+        on_lost: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.client = client
         self.on_ready = on_ready
+        self.on_lost = on_lost
         self.identity_key = identity_key
         self.read_only = read_only
         self.uid, self.gid = os.getuid(), os.getgid()
         self.gone: str | None = None
         self._attrs: dict[str, tuple[float, RemoteEntry | None]] = {}
+        #: Directories whose every name we know, until when: a lookup of any other
+        #: name there is answered "no such file" with no request (``tar -x``).
+        self._listed: dict[str, tuple[float, set[str]]] = {}
+        self._free_bytes = 0
         self._handles: dict[int, _Handle] = {}
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="mount-io")
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._writeback = WriteBack(self._upload)
 
     # --- life ---------------------------------------------------------------
 
@@ -178,6 +188,7 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         if conn is not None:
             conn.max_write = MAX_WRITE
             conn.max_readahead = MAX_WRITE
+        self._free_bytes = self.client.statfs().free_bytes
         self._heartbeat.start()
         log.info("serving the shared folder of enclave %s", self.client.name)
         self.on_ready()
@@ -192,17 +203,21 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
                     self._settle(handle)
                 except StrongroomError as e:
                     log.error("%s: lost at unmount: %s", handle.path, e.message)
+        if self.gone is None:
+            self._writeback.close()
         self._pool.shutdown(wait=True)
 
     def lose(self, reason: str) -> None:
         if self.gone is None:
             self.gone = reason
             log.error("the enclave is gone (%s): every operation now fails", reason)
+            self.on_lost(reason)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
                 key = self.client.describe().get("identity_key")
+                self._free_bytes = self.client.statfs().free_bytes
             except StrongroomError as e:
                 self.lose(e.message)
                 return
@@ -217,6 +232,10 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         cached = self._attrs.get(path)
         if cached is not None and cached[0] > now:
             return cached[1]
+        parent, _, name = path.rpartition("/")
+        listed = self._listed.get(parent or "/")
+        if name and listed is not None and listed[0] > now and name not in listed[1]:
+            return None
         try:
             entry: RemoteEntry | None = self.client.stat(path)
         except errors.NotFoundError:
@@ -224,17 +243,36 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         self._attrs[path] = (now + (ATTR_TTL_S if entry else NEGATIVE_TTL_S), entry)
         return entry
 
-    def _forget(self, *paths: str) -> None:
-        """Drop cached attributes of ``paths``, everything below them and their parents."""
+    def _forget(self, *paths: str, below: bool = False) -> None:
+        """Drop what is cached of ``paths`` (and, ``below``, of everything under them)."""
         with self._lock:
             for path in paths:
-                parent = path.rsplit("/", 1)[0] or "/"
-                for key in [k for k in self._attrs if k == path or k.startswith(path + "/")]:
-                    del self._attrs[key]
-                self._attrs.pop(parent, None)
+                self._attrs.pop(path, None)
+                self._listed.pop(path, None)
+                if below:
+                    for cache in (self._attrs, self._listed):
+                        for key in [k for k in cache if k.startswith(path + "/")]:
+                            del cache[key]
             for handle in self._handles.values():
                 if any(handle.path == p or handle.path.startswith(p + "/") for p in paths):
                     handle.drop_blocks()
+
+    def _known(self, entry: RemoteEntry) -> None:
+        """Cache what we just made the enclave hold, so nobody asks it back."""
+        with self._lock:
+            self._attrs[entry.path] = (time.monotonic() + ATTR_TTL_S, entry)
+
+    def _name_added(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        listed = self._listed.get(parent or "/")
+        if listed is not None:
+            listed[1].add(name)
+
+    def _name_removed(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        listed = self._listed.get(parent or "/")
+        if listed is not None:
+            listed[1].discard(name)
 
     def _attributes(self, entry: RemoteEntry) -> dict[str, Any]:
         kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(entry.type, stat.S_IFREG)
@@ -252,15 +290,22 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         }
 
     def _open_handles(self, path: str) -> list[_Handle]:
+        """The open files at or below ``path``."""
+        prefix = path.rstrip("/") + "/"
         with self._lock:
             return [
-                h for h in self._handles.values() if h.path == path or h.path.startswith(path + "/")
+                h for h in self._handles.values() if h.path == path or h.path.startswith(prefix)
             ]
 
     @_operation
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        handles = self._open_handles(path)
-        exact = [h for h in handles if h.path == path]
+        waiting = self._writeback.get(path)
+        if waiting is not None:
+            mtime = waiting.times[1] if waiting.times else time.time()
+            return self._attributes(
+                RemoteEntry(path, "file", len(waiting.data), waiting.mode, mtime)
+            )
+        exact = [h for h in self._open_handles(path) if h.path == path]
         if any(h.new for h in exact):
             new = next(h for h in exact if h.new)
             now = new.times[1] if new.times else time.time()
@@ -277,17 +322,34 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict[str, Any], int]]:
         for handle in self._open_handles(path):
             if handle.new:
-                self._settle(handle)  # a file created here is listed once it exists there
+                self._settle(handle)  # a file being written is listed once it exists there
+        listed_at = time.monotonic()
         entries = self.client.list(path)
-        expires = time.monotonic() + ATTR_TTL_S
+        entries += [
+            RemoteEntry(p.path, "file", len(p.data), p.mode, p.times[1] if p.times else time.time())
+            for p in self._writeback.children(path)
+        ]
+        expires = listed_at + ATTR_TTL_S
         names: list[str | tuple[str, dict[str, Any], int]] = [".", ".."]
+        seen: set[str] = set()
         with self._lock:
             for entry in entries:
+                name = entry.path.rsplit("/", 1)[1]
+                if name in seen:
+                    continue  # sent while we listed: the enclave's copy is listed already
+                seen.add(name)
                 if entry.type == "other":
                     continue  # a FIFO or socket an app made: nothing the host can use
                 self._attrs[entry.path] = (expires, entry)
-                names.append((entry.path.rsplit("/", 1)[1], self._attributes(entry), 0))
+                names.append((name, self._attributes(entry), 0))
+            self._listed[path] = (expires, seen)
         return iter(names)
+
+    @_operation
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
+        """What was written at or below ``path`` lands first (``strongroom run`` asks this)."""
+        self._settle_below(path)
+        self._writeback.report()
 
     @_operation
     def statfs(self, path: str) -> dict[str, int]:
@@ -325,15 +387,19 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     @_operation
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         self._writable()
+        self._writeback.drain(path)
         for other in self._open_handles(path):
             self._settle(other)
         self._forget(path)
-        return self._new_handle(_Handle(path, new=True, mode=stat.S_IMODE(mode)))
+        self._name_added(path)
+        # permission bits only, as the Files API keeps (setgid from a parent, say, is dropped)
+        return self._new_handle(_Handle(path, new=True, mode=mode & 0o777))
 
     @_operation
     def open(self, path: str, flags: int) -> int:
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._writable()
+        self._writeback.drain(path)
         for other in self._open_handles(path):
             if other.path == path:
                 self._settle(other)  # what another handle wrote is there before we read
@@ -345,6 +411,7 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     @_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         handle = self._handle(fh)
+        self._unpark(handle)
         with handle.lock:
             if handle.dirty:
                 self._send(handle, wait=True)
@@ -391,6 +458,7 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         self._writable()
         handle = self._handle(fh)
+        self._unpark(handle)
         with handle.lock:
             self._report(handle)
             handle.drop_blocks()
@@ -441,7 +509,8 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
             self.client.chmod(path, handle.mode)
         if handle.times is not None:
             self.client.set_times(path, *handle.times)
-        self._forget(path)
+        mtime = handle.times[1] if handle.times else time.time()
+        self._known(RemoteEntry(path, "file", len(data), handle.mode, mtime))
 
     def _report(self, handle: _Handle) -> None:
         """Raise (once) the failure of a write that was sent in the background."""
@@ -455,15 +524,52 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
                 self._send(handle, wait=True)
             self._report(handle)
 
+    def _park(self, handle: _Handle) -> bool:
+        """Leave a small new file's content to the write-back (caller holds ``handle.lock``)."""
+        if not handle.new or handle.sending:
+            return False
+        size = handle.buffer_at + len(handle.buffer)
+        if not self._writeback.room_for(size, self._free_bytes):
+            return False
+        data = bytes(handle.buffer_at) + handle.buffer if handle.buffer_at else bytes(handle.buffer)
+        now = time.monotonic()
+        self._writeback.keep(Pending(handle.path, data, handle.mode, handle.times, now))
+        handle.new, handle.buffer, handle.parked = False, bytearray(), True
+        return True
+
+    def _unpark(self, handle: _Handle) -> None:
+        """A parked file used again (a write after close on a dup'ed descriptor): send it."""
+        if handle.parked:
+            self._writeback.drain(handle.path)
+            handle.parked = False
+
+    def _close(self, handle: _Handle) -> None:
+        with handle.lock:
+            parked = self._park(handle)
+        if not parked:
+            self._settle(handle)
+        self._writeback.report()
+
     @_operation
     def flush(self, path: str, fh: int) -> None:
-        self._settle(self._handle(fh))
+        """A ``close``: what is buffered goes (its failure is this close's to report).
+
+        A small new file is left for its last close (``release``) to park: a
+        shell's ``>`` redirection closes one of two descriptors before any byte
+        is written. Opening it elsewhere meanwhile sends it first (:meth:`open`).
+        """
+        handle = self._handle(fh)
+        size = handle.buffer_at + len(handle.buffer)
+        if handle.new and self._writeback.room_for(size, self._free_bytes):
+            self._writeback.report()
+            return
+        self._close(handle)
 
     @_operation
     def release(self, path: str, fh: int) -> None:
         handle = self._handle(fh)
         try:
-            self._settle(handle)
+            self._close(handle)
         finally:
             with self._lock:
                 self._handles.pop(fh, None)
@@ -471,26 +577,57 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     @_operation
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         handle = self._handle(fh)
+        self._unpark(handle)
         self._settle(handle)
+        self._writeback.report()
         self.client.fsync(handle.path)
+
+    def _upload(self, batch: list[Pending]) -> list[tuple[Pending, StrongroomError]]:
+        """Send waiting files in one archive request; the ones that failed, with why."""
+        now = time.time()
+        members = [
+            (p.path.lstrip("/"), p.data, p.mode, p.times[1] if p.times else now) for p in batch
+        ]
+        try:
+            self.client.upload_archive("/", members)
+        except EnclaveGoneError as e:
+            return [(p, e) for p in batch]
+        except StrongroomError:
+            # one member was refused (no space, most likely): find which, file by file
+            return [(p, e) for p in batch if (e := self._upload_one(p)) is not None]
+        for pending, (_, data, mode, mtime) in zip(batch, members, strict=True):
+            self._known(RemoteEntry(pending.path, "file", len(data), mode, mtime))
+        return []
+
+    def _upload_one(self, pending: Pending) -> StrongroomError | None:
+        try:
+            self.client.put_file(pending.path, pending.data)
+            if pending.mode != _DEFAULT_FILE_MODE:
+                self.client.chmod(pending.path, pending.mode)
+            if pending.times is not None:
+                self.client.set_times(pending.path, *pending.times)
+        except StrongroomError as e:
+            return e
+        return None
 
     @_operation
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
-        handles = [h for h in self._open_handles(path) if h.path == path]
-        for handle in handles:
-            self._settle(handle)  # buffered writes first, then the cut
+        self._settle_below(path)  # buffered and waiting writes first, then the cut
         self.client.truncate(path, length)
-        for handle in handles:
-            handle.size = length
+        for handle in self._open_handles(path):
+            if handle.path == path:
+                handle.size = length
         self._forget(path)
 
     # --- names ----------------------------------------------------------------
 
     def _settle_below(self, *paths: str) -> None:
+        """Everything written at or below ``paths`` (buffered or waiting) is in the enclave."""
         for path in paths:
             for handle in self._open_handles(path):
                 self._settle(handle)
+        self._writeback.drain(*paths)
 
     @_operation
     def unlink(self, path: str) -> None:
@@ -498,27 +635,36 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         self._settle_below(path)
         self.client.remove(path)
         self._forget(path)
+        self._name_removed(path)
 
     @_operation
     def mkdir(self, path: str, mode: int) -> None:
         self._writable()
+        self._writeback.drain(path)
         self.client.mkdir(path, parents=False)
         if stat.S_IMODE(mode) != _DEFAULT_DIR_MODE:
             self.client.chmod(path, stat.S_IMODE(mode))
         self._forget(path)
+        self._name_added(path)
+        with self._lock:  # new, so empty: its every name is known
+            self._listed[path] = (time.monotonic() + ATTR_TTL_S, set())
 
     @_operation
     def rmdir(self, path: str) -> None:
         self._writable()
+        self._settle_below(path)
         self.client.remove(path)
-        self._forget(path)
+        self._forget(path, below=True)
+        self._name_removed(path)
 
     @_operation
     def rename(self, old: str, new: str) -> None:
         self._writable()
         self._settle_below(old, new)
         self.client.rename(old, new)
-        self._forget(old, new)
+        self._forget(old, new, below=True)
+        self._name_removed(old)
+        self._name_added(new)
         with self._lock:
             for handle in self._handles.values():
                 if handle.path == old or handle.path.startswith(old + "/"):
@@ -528,8 +674,10 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     def symlink(self, target: str, source: str) -> None:
         """``ln -s source target``: ``target`` is the new link, ``source`` what it points to."""
         self._writable()
+        self._writeback.drain(target)
         self.client.symlink(target, source)
         self._forget(target)
+        self._name_added(target)
 
     @_operation
     def readlink(self, path: str) -> str:
@@ -539,9 +687,10 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
     def link(self, target: str, source: str) -> None:
         """``ln source target``: ``target`` is the new name of the file ``source``."""
         self._writable()
-        self._settle_below(source)
+        self._settle_below(source, target)
         self.client.link(source, target)
         self._forget(target, source)
+        self._name_added(target)
 
     # --- metadata -------------------------------------------------------------
 
@@ -554,8 +703,27 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         if new:
             new[0].mode = stat.S_IMODE(mode)
             return
+        if self._writeback.change(path, mode=stat.S_IMODE(mode)):
+            return
         self.client.chmod(path, stat.S_IMODE(mode))
-        self._forget(path)
+        self._changed(path, mode=stat.S_IMODE(mode))
+
+    def _changed(self, path: str, *, mode: int | None = None, mtime: float | None = None) -> None:
+        """Update a cached entry after our own chmod or utimens (else drop it)."""
+        cached = self._attrs.get(path)
+        if cached is None or cached[1] is None:
+            self._forget(path)
+            return
+        entry = cached[1]
+        self._known(
+            RemoteEntry(
+                path,
+                entry.type,
+                entry.size,
+                entry.mode if mode is None else mode,
+                entry.mtime if mtime is None else mtime,
+            )
+        )
 
     @_operation
     def chown(self, path: str, uid: int, gid: int) -> None:
@@ -569,22 +737,29 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         """Times as :class:`StrongroomFuse` passes them: seconds, or ``"now"`` / ``"omit"``."""
         self._writable()
         wanted: tuple[Time, Time] = times if times is not None else ("now", "now")
+        now = time.time()
         new = [h for h in self._open_handles(path) if h.path == path and h.new]
         if new:
-            now = time.time()
             new[0].times = _resolved(wanted, new[0].times or (now, now))
+            return
+        waiting = self._writeback.get(path)
+        if waiting is not None and self._writeback.change(
+            path, times=_resolved(wanted, waiting.times or (now, now))
+        ):
             return
         for handle in self._open_handles(path):
             if handle.path == path:
                 self._settle(handle)  # a later write would move mtime again
+        self._writeback.drain(path)
         current = (0.0, 0.0)
         if "omit" in wanted:
             entry = self._entry(path)
             if entry is None:
                 raise mfusepy.FuseOSError(errno.ENOENT)
             current = (entry.mtime, entry.mtime)  # the Files API keeps no atime of its own
-        self.client.set_times(path, *_resolved(wanted, current))
-        self._forget(path)
+        resolved = _resolved(wanted, current)
+        self.client.set_times(path, *resolved)
+        self._changed(path, mtime=resolved[1])
 
 
 #: A time for ``utimens``: seconds since the epoch, or the kernel's UTIME_NOW / UTIME_OMIT.
