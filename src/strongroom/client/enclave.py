@@ -16,12 +16,13 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from strongroom import errors
+from strongroom._internal.hashing import OverlappedDigest, ring
 from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
 from strongroom.transport.http import ChannelError, HttpClient, Response
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 UPLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
+#: Files at least this large are hashed in a thread of their own, overlapping the copy.
+OVERLAP_MIN = 4 * 1024 * 1024
 #: A run may be silent for a long time; reads wait this long between events.
 RUN_READ_TIMEOUT_S = 24 * 3600.0
 
@@ -148,6 +151,31 @@ def _error_from(response: Response) -> StrongroomError:
     if isinstance(name := body.get("errno"), str):
         error.errno_name = name
     return error
+
+
+Chunks = Generator[memoryview | bytes, None, None]
+
+
+def _hashed_chunks(source: BinaryIO) -> tuple[Chunks, Callable[[], str]]:
+    """The chunks of ``source`` to send, and what gives their SHA-256 once they are sent.
+
+    A large file is read into a ring of buffers whose hash runs in its own
+    thread while each is sent (:mod:`strongroom._internal.hashing`); a small
+    one is hashed in line (a thread would cost more than it saves).
+    """
+    size = os.fstat(source.fileno()).st_size
+    if size >= OVERLAP_MIN:
+        overlapped = OverlappedDigest()
+        fd = source.fileno()
+        return ring(lambda view: os.readv(fd, [view]), overlapped), overlapped.hexdigest
+    inline = hashlib.sha256()
+
+    def read() -> Chunks:
+        while chunk := source.read(UPLOAD_CHUNK):
+            inline.update(chunk)
+            yield chunk
+
+    return read(), inline.hexdigest
 
 
 class EnclaveClient:
@@ -325,37 +353,40 @@ class EnclaveClient:
         ``local`` must be a regular file, opened without following a symlink
         (:func:`~.transfer.open_local_file`): push sends what the host named.
         """
-        digest = hashlib.sha256()
         from strongroom.client.transfer import open_local_file  # transfers only
 
         source = open_local_file(local)
-
-        def body() -> Iterator[bytes]:
-            with source as f:
-                while chunk := f.read(UPLOAD_CHUNK):
-                    digest.update(chunk)
-                    progress(len(chunk))
-                    yield chunk
-
         try:
             size = os.fstat(source.fileno()).st_size
         except BaseException:
             source.close()
             raise
-        result = self._call(
-            "PUT",
-            "/v1/files/content",
-            params={"path": remote, "truncate": "true"},
-            body=body(),
-            # a known length sends the body as is, not re-framed in chunks
-            headers={"content-length": str(size)},
-        )
-        if result["sha256"] != digest.hexdigest():
+        chunks, finish = _hashed_chunks(source)
+
+        def body() -> Iterator[memoryview | bytes]:
+            for chunk in chunks:
+                progress(len(chunk))
+                yield chunk
+
+        try:
+            result = self._call(
+                "PUT",
+                "/v1/files/content",
+                params={"path": remote, "truncate": "true"},
+                body=body(),
+                # a known length sends the body as is, not re-framed in chunks
+                headers={"content-length": str(size)},
+            )
+        finally:
+            chunks.close()
+            source.close()
+        local_digest = finish()
+        if result.get("sha256") != local_digest:
             raise TamperedError(
                 f"{local} arrived altered in the enclave as {remote}",
                 hint="the transfer was corrupted; push it again",
             )
-        return digest.hexdigest()
+        return local_digest
 
     def download(
         self, remote: str, local: Path | LocalTarget, *, progress: Callable[[int], None]
@@ -371,26 +402,33 @@ class EnclaveClient:
         from strongroom.client.transfer import LocalTarget, write_confined  # transfers only
 
         target = local if isinstance(local, LocalTarget) else LocalTarget.of(local)
-        digest = hashlib.sha256()
         remote_digest: concurrent.futures.Future[str] | None = None
         with self._content(remote) as response:
             expected = response.header("x-sha256")
-            if expected is None:
-                remote_digest = _background().submit(self.checksum, remote)
-            buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
             with write_confined(target) as f:
-                while n := response.readinto(buffer):
-                    chunk = buffer[:n]
-                    f.write(chunk)
-                    digest.update(chunk)
-                    progress(n)
-                f.flush()
                 if expected is None:
-                    assert remote_digest is not None
+                    # a large file: the enclave hashes its copy on a second connection,
+                    # and this side hashes each buffer in a thread while it is written
+                    remote_digest = _background().submit(self.checksum, remote)
+                    overlapped = OverlappedDigest()
+                    for chunk in ring(response.readinto, overlapped):
+                        f.write(chunk)
+                        progress(len(chunk))
+                    local_digest = overlapped.hexdigest()
                     expected = remote_digest.result()
-                if expected != digest.hexdigest():
+                else:
+                    digest = hashlib.sha256()
+                    buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
+                    while n := response.readinto(buffer):
+                        chunk = buffer[:n]
+                        f.write(chunk)
+                        digest.update(chunk)
+                        progress(n)
+                    local_digest = digest.hexdigest()
+                f.flush()
+                if expected != local_digest:
                     raise TamperedError(f"{remote} arrived altered", hint="pull it again")
-        return digest.hexdigest()
+        return local_digest
 
     @contextlib.contextmanager
     def _content(self, remote: str) -> Iterator[Response]:

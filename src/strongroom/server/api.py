@@ -71,8 +71,10 @@ from strongroom.server import runs
 from strongroom.server.files import READ_CHUNK, FileStat, SharedFolder, chunks, split_path
 
 MAX_JSON_BODY = 64 * 1024
-#: Uploads are written in batches of at least this many bytes...
+#: Uploads are written in batches of at least this many bytes (one ``pwritev``)...
 WRITE_BATCH = 1024 * 1024
+#: ...or of this many chunks (well below ``IOV_MAX``, 1024 on Linux)...
+WRITE_BATCH_CHUNKS = 256
 #: ...with at most this many batches queued for the writer thread.
 WRITE_QUEUE = 8
 #: Files up to this size are read whole and answered with their SHA-256.
@@ -492,14 +494,18 @@ class FilesApi:
 async def _receive(request: Request, writer: _FileWriter) -> tuple[int, str]:
     """Stream the request body into ``writer``; (bytes written, SHA-256)."""
     try:
-        pending = bytearray()
+        # the chunks are handed on as they came, a batch at a time: no copy here
+        pending: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            pending += chunk
-            if len(pending) >= WRITE_BATCH:
-                await writer.put(bytes(pending))
-                pending.clear()
+            if chunk:
+                pending.append(chunk)
+                size += len(chunk)
+            if size >= WRITE_BATCH or len(pending) >= WRITE_BATCH_CHUNKS:
+                await writer.put(pending)
+                pending, size = [], 0
         if pending:
-            await writer.put(bytes(pending))
+            await writer.put(pending)
         return await writer.finish()
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -521,7 +527,7 @@ class _FileWriter:
         self._offset = offset
         self._written = 0
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
         try:
@@ -535,11 +541,11 @@ class _FileWriter:
 
     def _run(self) -> None:
         try:
-            while (data := self._queue.get()) is not None:
+            while (batch := self._queue.get()) is not None:
                 if self._error is None:
-                    self._digest.update(data)
-                    _pwrite_all(self._fd, data, self._offset + self._written)
-                    self._written += len(data)
+                    for chunk in batch:
+                        self._digest.update(chunk)
+                    self._written += _pwritev_all(self._fd, batch, self._offset + self._written)
         except BaseException as e:  # reported by finish()
             self._error = e
             while self._queue.get() is not None:  # drain, so put() never blocks forever
@@ -547,7 +553,7 @@ class _FileWriter:
         finally:
             os.close(self._fd)
 
-    async def put(self, data: bytes) -> None:
+    async def put(self, data: list[bytes]) -> None:
         if self._error is not None:
             raise self._error
         try:
@@ -620,6 +626,15 @@ def _write_failed(error: OSError) -> InvalidInputError:
     if error.errno == errno.ENOSPC:
         return InsufficientSpaceError("write failed: no space left in the enclave's shared folder")
     return InvalidInputError(f"write failed: {error.strerror}")
+
+
+def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> int:
+    """Write ``chunks`` at ``offset`` with as few calls as the kernel allows; the bytes written."""
+    total = sum(len(c) for c in chunks)
+    written = os.pwritev(fd, chunks, offset)
+    if written < total:  # a short write (rare): the rest one by one
+        _pwrite_all(fd, b"".join(chunks)[written:], offset + written)
+    return total
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
