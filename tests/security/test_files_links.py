@@ -2,9 +2,10 @@
 
 The attack: the host makes ``/dataset/input`` a symlink to the app's own
 decrypted files (``/enclave/app/model.bin``, absolute, or ``../app/model.bin``,
-climbing out). An app that reads its input and writes what it derives to
+climbing out, or a ``..`` that stays inside until the link is moved up the
+tree or chained). An app that reads its input and writes what it derives to
 ``/output`` would then hand the host its own secret. So the API makes a
-symlink only with a relative target that stays inside the folder, never
+symlink only with a relative target that points down (no ``..``), never
 follows one, and hard-links only a regular file of the folder. Each attack
 runs against a real debug enclave; a probe inside (where the app runs)
 checks that what the host was allowed to make resolves inside the folder.
@@ -74,6 +75,10 @@ def _exists(api: httpx.Client, path: str) -> bool:
         ("/dataset-up", "../app/model.bin"),
         ("/out/deep", "../../etc/passwd"),
         ("/out/sneaky", "x/../../../app"),
+        # stays inside by its names, but would escape once renamed up the tree
+        ("/out/up", "../data/x.csv"),
+        # a link that points up is what a chain climbs through: none may
+        ("/out/a/b/hop", "../.."),
         ("/out/nul", "a\x00b"),
     ],
 )
@@ -86,24 +91,26 @@ def test_a_symlink_out_of_the_folder_is_refused(enclave: Enclave, link: str, tar
     assert not _exists(enclave.api, link)
 
 
-def test_a_symlink_inside_the_folder_is_made_read_and_never_followed(enclave: Enclave) -> None:
+def test_a_symlink_down_the_folder_is_made_read_and_never_followed(enclave: Enclave) -> None:
     api = enclave.api
-    made = api.post("/v1/files/symlink", json={"path": "/out/input", "target": "../data/x.csv"})
+    made = api.post("/v1/files/symlink", json={"path": "/input", "target": "data/./x.csv"})
     assert made.status_code == 200, made.text
-    assert api.get("/v1/files/readlink", params={"path": "/out/input"}).json()["target"] == (
-        "../data/x.csv"
+    assert api.get("/v1/files/readlink", params={"path": "/input"}).json()["target"] == (
+        "data/./x.csv"
     )
-    assert api.get("/v1/files/stat", params={"path": "/out/input"}).json()["type"] == "symlink"
+    assert api.get("/v1/files/stat", params={"path": "/input"}).json()["type"] == "symlink"
     # the server reads through no symlink, not even one it made
-    read = api.get("/v1/files/content", params={"path": "/out/input"})
+    read = api.get("/v1/files/content", params={"path": "/input"})
     assert read.status_code == 400 and read.json()["error"] == "PathEscapeError"
-    # where the app runs, it resolves inside the shared folder
+    # where the app runs, it resolves inside the shared folder, and still does once moved
+    moved = api.post("/v1/files/rename", json={"source": "/input", "destination": "/out/input"})
+    assert moved.status_code == 200, moved.text
     probe = enclave.probe(
         f"import json, os; print(json.dumps(os.path.realpath('{SHARED_DIR}/out/input')))"
     )
-    assert json.loads(probe["stdout"]) == f"{SHARED_DIR}/data/x.csv"
+    assert json.loads(probe["stdout"]) == f"{SHARED_DIR}/out/data/x.csv"
     # an existing name is not replaced
-    again = api.post("/v1/files/symlink", json={"path": "/out/input", "target": "../data"})
+    again = api.post("/v1/files/symlink", json={"path": "/out/input", "target": "data"})
     assert again.status_code == 409 and again.json()["errno"] == "EEXIST"
 
 

@@ -6,10 +6,10 @@ inside the shared folder. Every path is walked component by component with
 an absolute path, nor a symlink — even one the sealed app creates while the
 host is walking — can lead outside it. Symlinks inside the shared folder are
 listed and read (``readlink``) but never followed; the API creates one only
-with a relative target that stays inside the folder (:func:`contained_target`),
-because an app that follows a host-made link to ``/enclave/app/model`` would
-read its own secret as if it were the host's data, and write what it derives
-from it where the host can read it. Hard links join two names of one regular
+with a relative target that points down from the link's folder, no ``..``
+(:func:`contained_target`), because an app that follows a host-made link to
+``/enclave/app/model`` would read its own secret as if it were the host's
+data, and write what it derives from it where the host can read it. Hard links join two names of one regular
 file, both inside the folder.
 
 This is what keeps the decrypted app (in a sibling private folder) out of the
@@ -448,12 +448,14 @@ class SharedFolder:
 
 
 def contained_target(path: str, target: str) -> str:
-    """``target`` if a symlink at ``path`` pointing to it resolves inside the folder.
+    """``target`` if a symlink at ``path`` may point to it: relative, and never up (no ``..``).
 
-    Checked on the names alone: relative, and never climbing above the root
-    from the link's own directory. Every link the API makes passes this, so a
-    chain of them stays inside too (links an app makes are the app's affair:
-    the server never follows any).
+    A link that only points *down* from its own directory stays inside the
+    folder wherever it is moved and whatever links it leads through, as long
+    as every link the host made is one: a name-only check that allowed ``..``
+    ("``../data/x`` stays inside from ``/out``") breaks once the link is
+    renamed up the tree, or chained through a link that points up. Links an
+    app makes are the app's affair (the server follows none).
     """
     parts = split_path(path)
     if not parts:
@@ -468,20 +470,14 @@ def contained_target(path: str, target: str) -> str:
             ),
             "EPERM",
         )
-    depth = len(parts) - 1
-    for part in target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                raise _with_errno(
-                    PathEscapeError(
-                        f"symlink target {target!r} leaves the shared folder",
-                        hint="a symlink may only point inside the shared folder",
-                    ),
-                    "EPERM",
-                )
-        elif part not in ("", "."):
-            depth += 1
+    if ".." in target.split("/"):
+        raise _with_errno(
+            PathEscapeError(
+                f"symlink target {target!r} climbs with '..'",
+                hint="a symlink may only point down from its own folder; copy the file instead",
+            ),
+            "EPERM",
+        )
     return target
 
 
