@@ -209,6 +209,32 @@ def test_push_puts_files_where_cp_would(env: Env) -> None:
     assert "/missing" not in {e["path"] for e in env.stack.json("ls", "/")}
 
 
+def test_many_small_files_and_a_large_one_round_trip(env: Env) -> None:
+    """Push and pull send small files in archives (one request per batch), the large one
+    alone; both land where cp -r puts them, byte for byte, with nothing left in flight."""
+    w = env.work / "many"
+    source = w / "tree"
+    for n in range(1500):  # more than one push batch (1000 files)
+        path = source / f"d{n // 100:02d}" / f"f{n:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.sha256(str(n).encode()).digest() * (n % 7 + 1))
+    (source / "empty.txt").write_bytes(b"")
+    (source / "large.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    pushed = json.loads(env.cli("--json", "push", str(source), "/many/").stdout)  # the copy
+    assert len(pushed["files"]) == 1502
+    by_remote = {f["remote"]: f["sha256"] for f in pushed["files"]}
+    want = hashlib.sha256((source / "d07" / "f0700.bin").read_bytes()).hexdigest()
+    assert by_remote["/many/d07/f0700.bin"] == want
+    remote = remote_tree(env, "/many")
+    assert len(remote) == 1502 and remote["/many/large.bin"] == 3 * 1024 * 1024
+    assert not [n for n in env.shared_names("/many/d00") if n.startswith(".")]
+
+    pulled = json.loads(env.cli("--json", "pull", "/many", str(w / "back")).stdout)
+    assert len(pulled["files"]) == 1502
+    assert tree(w / "back") == tree(source)
+    assert not [p for p in (w / "back").rglob(".strongroom-pull-*")]
+
+
 def test_push_from_stdin_through_a_pipe(env: Env) -> None:
     data = os.urandom(2 * 1024 * 1024 + 11)
     piped = env.shell("cat | sr push - /stdin/piped.bin", stdin=data)

@@ -13,9 +13,11 @@ same commands against an honest listing still work.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ import pytest
 
 from strongroom._internal import services
 from strongroom._internal.files import atomic_write_json
+from strongroom.client.archive import SHA256_RECORD
 from strongroom.enclave.sandbox import KIND, EnclavePaths
 from strongroom.workspace import Workspace
 from tests.e2e.run_helpers import STRONGROOM, error_line
@@ -50,6 +53,8 @@ class Answers:
     uploads: dict[str, bytes] = field(default_factory=dict)
     #: Files whose content answer carries a SHA-256 that does not match the bytes.
     wrong_digest: set[str] = field(default_factory=set)
+    #: Raw tar answers to ``GET /v1/files/archive`` by directory (else an honest archive).
+    archives: dict[str, bytes] = field(default_factory=dict)
     #: The answer to statfs (push checks the free space before sending).
     statfs: Any = field(
         default_factory=lambda: {
@@ -130,6 +135,12 @@ class _Handler(BaseHTTPRequestHandler):
             if path in self.answers.wrong_digest:
                 digest = "0" * 64
             self._send(200, data, {"content-type": "application/octet-stream", "x-sha256": digest})
+        elif url.path == "/v1/files/archive":
+            answer = self.answers.archives.get(path)
+            if answer is None:
+                limit = int(parse_qs(url.query).get("max_size", ["1048576"])[0])
+                answer = honest_archive(path, self.answers.contents, limit)
+            self._send(200, answer, {"content-type": "application/x-tar"})
         elif url.path == "/v1/files/statfs":
             self._json(self.answers.statfs)
         elif url.path == "/v1/files/checksum":
@@ -138,9 +149,35 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json({"error": "NotFoundError", "message": "no route", "hint": None}, 404)
 
+    def _body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()
+        return body
+
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.answers.requests.append(("POST", urlsplit(self.path).path, body.decode()))
+        url = urlsplit(self.path)
+        body = self._body()
+        if url.path == "/v1/files/archive":  # an honest extraction, recorded as uploads
+            base = parse_qs(url.query).get("path", [""])[0].rstrip("/")
+            self.answers.requests.append(("POST", url.path, base))
+            entries = []
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r|") as tar:
+                for member in tar:
+                    member_file = tar.extractfile(member)
+                    data = member_file.read() if member_file is not None else b""
+                    self.answers.uploads[f"{base}/{member.name}"] = data
+                    digest = hashlib.sha256(data).hexdigest()
+                    entries.append(
+                        {"path": f"{base}/{member.name}", "size": len(data), "sha256": digest}
+                    )
+            self._json({"entries": entries})
+            return
+        self.answers.requests.append(("POST", url.path, body.decode()))
         self._json({"ok": True})
 
     def do_PUT(self) -> None:
@@ -151,6 +188,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.answers.uploads[path] = data
         digest = hashlib.sha256(data).hexdigest()
         self._json({"path": path, "size": len(data), "sha256": digest})
+
+
+def archive_member(name: str, data: bytes = b"", **fields: Any) -> tuple[tarfile.TarInfo, bytes]:
+    """A member as an archive answer holds it: its SHA-256 in the pax record the server uses."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.pax_headers = {SHA256_RECORD: hashlib.sha256(data).hexdigest()}
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return out.getvalue()
+
+
+def honest_archive(directory: str, contents: dict[str, bytes], limit: int) -> bytes:
+    """What an honest server answers: the files below ``directory`` of at most ``limit`` bytes."""
+    prefix = directory.rstrip("/") + "/"
+    return tar_of(
+        [
+            archive_member(path[len(prefix) :], data)
+            for path, data in sorted(contents.items())
+            if path.startswith(prefix) and len(data) <= limit
+        ]
+    )
 
 
 @dataclass
@@ -210,7 +278,9 @@ def _files(top: Path) -> dict[str, bytes]:
 
 
 def _downloads(answers: Answers) -> list[str]:
-    return [path for method, url, path in answers.requests if url == "/v1/files/content"]
+    """What the CLI fetched, file by file or as archives."""
+    fetched = ("/v1/files/content", "/v1/files/archive")
+    return [path for method, url, path in answers.requests if method == "GET" and url in fetched]
 
 
 HONEST = {"/out/a.csv": b"a,b\n1,2\n", "/out/sub/deep/b.bin": bytes(range(256)) * 5}
@@ -274,6 +344,96 @@ def test_a_hostile_listing_refuses_the_whole_pull(
         f"{prefix}a.csv": HONEST["/out/a.csv"],
         f"{prefix}sub/deep/b.bin": HONEST["/out/sub/deep/b.bin"],
     }
+
+
+#: Hostile answers to the archive of /out -> what the one error line must say. Each comes
+#: first in the archive (but for the second copy of "twice"), so nothing may be written;
+#: the honest files follow it.
+HOSTILE_ARCHIVES: dict[str, tuple[list[tuple[tarfile.TarInfo, bytes]], str]] = {
+    "dot-dot": ([archive_member("../../escaped/x", b"pwned")], "'..' is not a file name"),
+    "nested-dot-dot": ([archive_member("sub/../../x", b"pwned")], "'..' is not a file name"),
+    "absolute": ([archive_member("ABSOLUTE", b"pwned")], "holds the member"),
+    "symlink": (
+        [archive_member("a.csv", type=tarfile.SYMTYPE, linkname="ABSOLUTE")],
+        "not a regular file",
+    ),
+    "hard link": (
+        [archive_member("a.csv", type=tarfile.LNKTYPE, linkname="ABSOLUTE")],
+        "not a regular file",
+    ),
+    "device": ([archive_member("a.csv", type=tarfile.CHRTYPE)], "not a regular file"),
+    "fifo": ([archive_member("a.csv", type=tarfile.FIFOTYPE)], "not a regular file"),
+    "directory": ([archive_member("sub", type=tarfile.DIRTYPE)], "not a regular file"),
+    "twice": (
+        [archive_member("a.csv", b"a,b\n1,2\n"), archive_member("a.csv", b"pwned")],
+        "twice",
+    ),
+    "too large": ([archive_member("a.csv", bytes(2 * 1024 * 1024))], "more than the"),
+    "no checksum": ([archive_member("a.csv", b"pwned", pax_headers={})], "no SHA-256"),
+    "garbage": ([], "malformed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ARCHIVES))
+def test_a_hostile_archive_refuses_the_pull(standin: StandIn, case: str) -> None:
+    """The small files of a pulled directory come in one archive, which is not trusted either."""
+    root = standin.root
+    dest = root / "dest"
+    outside = root / "escaped"
+    members, expected = HOSTILE_ARCHIVES[case]
+    for info, _ in members:
+        if info.name == "ABSOLUTE":
+            info.name = str(outside / "x")
+        if info.linkname == "ABSOLUTE":
+            info.linkname = str(outside / "x")
+    standin.answers.tree(HONEST, extra={})
+    honest = [archive_member(p[len("/out/") :], d) for p, d in sorted(HONEST.items())]
+    if case == "garbage":
+        raw = b"not a tar archive, but long enough to look like one's first block" * 16
+    else:
+        raw = tar_of([*members, *honest])
+    standin.answers.archives["/out"] = raw
+
+    refused = standin.cli("pull", "/out", str(dest), expect=3)
+    line = error_line(refused.stderr)
+    assert expected in line and "archive of /out" in line, line
+    assert not outside.exists()
+    if case == "twice":  # the first a.csv was named by the listing and verified: it stays
+        assert _files(dest) == {"a.csv": HONEST["/out/a.csv"]}
+        shutil.rmtree(dest)  # so that the honest pull makes dest again (cp -r's rules)
+    else:
+        assert sorted(p.name for p in root.iterdir()) == ["ws"]  # not even dest was made
+
+    standin.answers.archives.clear()
+    standin.cli("pull", "/out", str(dest), expect=0)
+    assert _files(dest) == {
+        "a.csv": HONEST["/out/a.csv"],
+        "sub/deep/b.bin": HONEST["/out/sub/deep/b.bin"],
+    }
+    assert ("GET", "/v1/files/archive", "/out") in standin.answers.requests
+
+
+def test_an_archive_is_checked_member_by_member(standin: StandIn) -> None:
+    """A member whose bytes do not match its SHA-256 is not written (exit 4); one the listing
+    did not name is skipped; a planned file the archive lacks is fetched on its own."""
+    root = standin.root
+    dest = root / "dest"
+    standin.answers.tree(HONEST, extra={})
+    forged, _ = archive_member("a.csv", b"a,b\n1,2\n")
+    standin.answers.archives["/out"] = tar_of([(forged, b"pwned!!!")])
+    refused = standin.cli("pull", "/out", str(dest), expect=4)
+    assert "/out/a.csv arrived altered" in error_line(refused.stderr)
+    assert not (dest / "a.csv").exists()
+
+    unlisted = archive_member("not-listed.txt", b"made since the listing")
+    fine = archive_member("a.csv", HONEST["/out/a.csv"])
+    standin.answers.archives["/out"] = tar_of([unlisted, fine])
+    standin.cli("pull", "/out", str(dest), expect=0)
+    assert _files(dest) == {
+        "a.csv": HONEST["/out/a.csv"],
+        "sub/deep/b.bin": HONEST["/out/sub/deep/b.bin"],
+    }
+    assert _downloads(standin.answers)[-1] == "/out/sub/deep/b.bin"  # lacking: fetched alone
 
 
 def root_relative(root: Path, typed: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,13 +41,21 @@ from strongroom.workspace import Workspace
 
 if TYPE_CHECKING:  # at run time, imported by the commands that use them
     from strongroom.client.ledger import PulledFile
-    from strongroom.client.transfer import PushItem
+    from strongroom.client.transfer import PullItem, PushItem
 
 #: Where `run` puts a local sealed package (the runbook's ~/synced/encrypted).
 ENCRYPTED_DIR = "/encrypted"
 #: Concurrent transfers in push and pull.
 TRANSFER_WORKERS = 8
+#: Files up to this size go in archives (one request for many, see server/archive.py)...
+ARCHIVE_MEMBER_MAX = 1024 * 1024
+#: ...when at least this many of them are pushed or pulled...
+ARCHIVE_MIN_FILES = 2
+#: ...at most this many files and bytes per archive pushed.
+ARCHIVE_BATCH_FILES = 1000
+ARCHIVE_BATCH_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
+R = TypeVar("R")
 
 enclave_option = click.option(
     "--enclave",
@@ -131,21 +140,85 @@ def push_command(
         total = sum(item.size for item in plan)
         _check_space(enclave, [item.size for item in plan])
         started = time.monotonic()
-        for parent in sorted({str(PurePosixPath(i.remote).parent) for i in plan} - {"/"}):
+        batches, singles = _archive_batches(plan)
+        # an archive makes its own directories; a file sent on its own needs its parent
+        for parent in sorted({str(PurePosixPath(i.remote).parent) for i in singles} - {"/"}):
             enclave.mkdir(parent, parents=True)
         with byte_progress("push", total, enabled=not app.json) as advance:
 
-            def push_one(item: PushItem) -> dict[str, Any]:
+            def push_one(item: PushItem) -> list[dict[str, Any]]:
                 digest = enclave.upload(item.local, item.remote, progress=advance)
-                return {
-                    "local": str(item.local),
-                    "remote": item.remote,
-                    "sha256": digest,
-                    "size": item.size,
-                }
+                return [
+                    {
+                        "local": str(item.local),
+                        "remote": item.remote,
+                        "sha256": digest,
+                        "size": item.size,
+                    }
+                ]
 
-            done = _in_parallel(push_one, plan)
+            def push_batch(batch: list[PushItem]) -> list[dict[str, Any]]:
+                return _push_archive(enclave, batch, advance)
+
+            jobs: list[Callable[[], list[dict[str, Any]]]] = [
+                functools.partial(push_batch, b) for b in batches
+            ]
+            jobs += [functools.partial(push_one, i) for i in singles]
+            done = _run_jobs(jobs)
     _summary(app, "pushed", done, total, time.monotonic() - started)
+
+
+def _archive_batches(plan: list[PushItem]) -> tuple[list[list[PushItem]], list[PushItem]]:
+    """Small files in batches for one archive request each; the others, sent one by one."""
+    small = [i for i in plan if i.size <= ARCHIVE_MEMBER_MAX]
+    if len(small) < ARCHIVE_MIN_FILES:
+        return [], plan
+    large = [i for i in plan if i.size > ARCHIVE_MEMBER_MAX]
+    batches: list[list[PushItem]] = [[]]
+    size = 0
+    for item in small:
+        if len(batches[-1]) >= ARCHIVE_BATCH_FILES or size + item.size > ARCHIVE_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item.size
+    return batches, large
+
+
+def _push_archive(
+    enclave: EnclaveClient, batch: list[PushItem], advance: Callable[[int], None]
+) -> list[dict[str, Any]]:
+    """Send ``batch`` as one archive under the deepest directory common to all its files.
+
+    Each file is read (not following a symlink) only when the archive gets to
+    it; it lands with mode 0644 and the time of the push, as a file sent on its
+    own does.
+    """
+    import posixpath
+
+    from strongroom.client.transfer import open_local_file
+
+    base = posixpath.commonpath([posixpath.dirname(i.remote) for i in batch])
+    now = time.time()
+    sizes: list[int] = []
+
+    def members() -> Iterator[tuple[str, bytes, int, float]]:
+        for item in batch:
+            with open_local_file(item.local) as f:
+                data = f.read()
+            sizes.append(len(data))
+            yield posixpath.relpath(item.remote, base), data, 0o644, now
+
+    entries = enclave.upload_archive(base, members(), progress=advance)
+    return [
+        {"local": str(item.local), "remote": item.remote, "sha256": e["sha256"], "size": size}
+        for item, e, size in zip(batch, entries, sizes, strict=True)
+    ]
+
+
+def _run_jobs(jobs: list[Callable[[], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Run transfer jobs concurrently (see :func:`_in_parallel`); their results, in order."""
+    return [row for rows in _in_parallel(lambda job: job(), jobs) for row in rows]
 
 
 def _check_space(enclave: EnclaveClient, sizes: list[int]) -> None:
@@ -210,7 +283,7 @@ def _push_stdin(app: AppContext, remote: str, enclave_name: str | None) -> None:
     _summary(app, "pushed", done, sent, time.monotonic() - started)
 
 
-def _in_parallel(work: Callable[[T], dict[str, Any]], items: list[T]) -> list[dict[str, Any]]:
+def _in_parallel(work: Callable[[T], R], items: list[T]) -> list[R]:
     """Transfer files concurrently: each request costs ~1 ms of round trip, so many
     small files go several times faster over a few connections at once."""
     if len(items) <= 1:
@@ -266,7 +339,7 @@ def pull_command(
       strongroom pull /output/metrics.json - | jq .accuracy
     """
     from strongroom.client.ledger import PulledFile
-    from strongroom.client.transfer import STDIO, PullItem, check_destination, plan_pull
+    from strongroom.client.transfer import STDIO, check_destination, plan_pull
 
     ws = app.workspace()
     if local == STDIO:
@@ -282,8 +355,7 @@ def pull_command(
         try:
             with byte_progress("pull", total, enabled=not app.json) as advance:
 
-                def pull_one(item: PullItem) -> dict[str, Any]:
-                    digest = enclave.download(item.remote, item.target, progress=advance)
+                def pulled(item: PullItem, digest: str) -> dict[str, Any]:
                     fetched.append(PulledFile(item.remote, item.size, item.mtime))
                     return {
                         "remote": item.remote,
@@ -292,10 +364,56 @@ def pull_command(
                         "size": item.size,
                     }
 
-                done = _in_parallel(pull_one, plan)
+                def pull_one(item: PullItem) -> list[dict[str, Any]]:
+                    digest = enclave.download(item.remote, item.target, progress=advance)
+                    return [pulled(item, digest)]
+
+                def pull_directory(listed: str, items: list[PullItem]) -> list[dict[str, Any]]:
+                    """The small files listed under ``listed``: one archive, then any it lacked."""
+                    from strongroom.client.archive import pull_archive
+
+                    wanted = {item.remote: item for item in items}
+                    try:
+                        with enclave.open_archive(listed, max_size=ARCHIVE_MEMBER_MAX) as answer:
+                            digests = pull_archive(
+                                answer,
+                                listed,
+                                wanted,
+                                max_size=ARCHIVE_MEMBER_MAX,
+                                progress=advance,
+                            )
+                    except NotFoundError:  # gone since the listing, or a server without archives
+                        digests = {}
+                    rows = [pulled(i, digests[i.remote]) for i in items if i.remote in digests]
+                    for item in items:
+                        if item.remote not in digests:
+                            rows += pull_one(item)
+                    return rows
+
+                archives, singles = _pull_archives(plan)
+                jobs: list[Callable[[], list[dict[str, Any]]]] = [
+                    functools.partial(pull_directory, listed, items)
+                    for listed, items in archives.items()
+                ]
+                jobs += [functools.partial(pull_one, i) for i in singles]
+                done = _run_jobs(jobs)
         finally:
             _record_pulled(ws, enclave.name, fetched)
     _summary(app, "pulled", done, total, time.monotonic() - started)
+
+
+def _pull_archives(plan: list[PullItem]) -> tuple[dict[str, list[PullItem]], list[PullItem]]:
+    """Small files by the directory whose archive brings them; the others, fetched one by one."""
+    archives: dict[str, list[PullItem]] = {}
+    singles: list[PullItem] = []
+    for item in plan:
+        if item.listed is not None and item.size <= ARCHIVE_MEMBER_MAX:
+            archives.setdefault(item.listed, []).append(item)
+        else:
+            singles.append(item)
+    for listed in [d for d, items in archives.items() if len(items) < ARCHIVE_MIN_FILES]:
+        singles += archives.pop(listed)
+    return archives, singles
 
 
 def _pull_stdout(

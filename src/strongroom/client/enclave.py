@@ -52,6 +52,16 @@ def _background() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="checksum")
 
 
+#: What an archive upload sent: (path, size, SHA-256) per member.
+_Sent = list[tuple[str, int, str]]
+#: What it answered: ``{"path", "size", "sha256"}`` per file.
+_Entries = list[dict[str, Any]]
+
+
+def _ignore(_n: int) -> None:
+    pass
+
+
 class EnclaveGoneError(UnavailableError):
     default_hint = "check it with `strongroom enclave status`"
 
@@ -528,3 +538,79 @@ class EnclaveClient:
                 hint="the transfer was corrupted; push it again",
             )
         return sent, digest.hexdigest()
+
+    # --- archives: many small files in one request (push and pull, the mount's flusher) ---
+
+    def upload_archive(
+        self,
+        remote_dir: str,
+        members: Iterable[tuple[str, bytes, int, float]],
+        *,
+        progress: Callable[[int], None] = _ignore,
+    ) -> _Entries:
+        """Write many files under ``remote_dir`` in one streamed tar request.
+
+        ``members`` yields ``(relative path, content, mode, mtime)`` and is
+        consumed lazily, while the request is sent (a generator that reads
+        each file when asked streams a large tree in bounded memory). The mode
+        may carry permission bits only (``mode & ~0o777`` is refused); the
+        mtime is seconds since the epoch (fractions kept). ``remote_dir`` and
+        missing parents are created. Each file lands under a temporary name
+        and is renamed into place once complete, with its mode and mtime.
+
+        Returns the enclave's entries, ``{"path", "size", "sha256"}`` per
+        file in the order given, each checked against the SHA-256 of what was
+        sent (:class:`TamperedError` on any difference). A member the enclave
+        refuses (a name with ``..``, one too long, no space left: see
+        :mod:`strongroom.server.archive`) raises the matching error, whose
+        message says how many members before it were written; those stay.
+        """
+        from strongroom.client.archive import tar_stream  # transfers only
+
+        expected: _Sent = []
+        base = "/" + "/".join(p for p in remote_dir.split("/") if p not in ("", "."))
+
+        def sent(name: str, data: bytes) -> None:
+            parts = [p for p in name.split("/") if p not in ("", ".")]
+            path = base.rstrip("/") + "/" + "/".join(parts)
+            expected.append((path, len(data), hashlib.sha256(data).hexdigest()))
+            progress(len(data))
+
+        result = self._call(
+            "POST",
+            "/v1/files/archive",
+            params={"path": remote_dir},
+            body=tar_stream(members, sent),
+            headers={"content-type": "application/x-tar"},
+        )
+        entries = result.get("entries") if isinstance(result, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise errors.InvalidInputError("the enclave answered a malformed archive result")
+        answered = [(e.get("path"), e.get("size"), e.get("sha256")) for e in entries]
+        if answered != expected:
+            wrong = next(
+                (want[0] for want, got in zip(expected, answered, strict=False) if want != got),
+                expected[len(answered)][0] if len(expected) > len(answered) else "an extra file",
+            )
+            raise TamperedError(
+                f"the archive arrived altered in the enclave (first difference: {wrong})",
+                hint="the transfer was corrupted; push it again",
+            )
+        return entries
+
+    @contextlib.contextmanager
+    def open_archive(self, remote_dir: str, *, max_size: int) -> Iterator[Response]:
+        """The tar stream of the regular files of at most ``max_size`` bytes below ``remote_dir``.
+
+        Each member carries its SHA-256 in a pax record; nothing in it is
+        trusted here: :func:`strongroom.client.archive.pull_archive` checks
+        every member before writing it.
+        """
+        params: dict[str, str | int] = {"path": remote_dir, "max_size": max_size}
+        with (
+            self._channel(),
+            self._http.request("GET", "/v1/files/archive", params=params) as response,
+        ):
+            if response.status >= 400:
+                raise _error_from(response)
+            yield response

@@ -152,6 +152,9 @@ class PullItem:
     size: int
     #: As listed: with the size, what tells a file pulled from one rewritten since.
     mtime: float = 0.0
+    #: The directory pulled whose listing named this file (None: a file named itself);
+    #: small files of it come in one archive (:mod:`.archive`).
+    listed: str | None = None
 
 
 def _entry(entry: Entry, *, asked: str | None = None) -> tuple[str, ...]:
@@ -257,7 +260,8 @@ def plan_pull(enclave: Lister, remotes: Sequence[str], local: str | Path) -> lis
                         stack.append((child.path, (*below, name)))
                     elif child.type == "file":
                         target = LocalTarget(root, (*below, name))
-                        plan.append(PullItem(child.path, target, child.size, child.mtime))
+                        item = PullItem(child.path, target, child.size, child.mtime, entry.path)
+                        plan.append(item)
         elif entry.type == "file":
             if not parts:
                 raise _hostile(f"the enclave says its root {entry.path!r} is a file")

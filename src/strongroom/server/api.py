@@ -11,6 +11,16 @@ Files (all paths are inside the shared folder; see :mod:`strongroom.server.files
                                     temporary name and is renamed into place only
                                     when complete; answers ``{size, sha256}``
 ``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks
+``POST   /v1/files/archive?path=``  extract a streamed tar under the directory
+                                    (created if missing): regular files and
+                                    directories only, each file renamed into place
+                                    with its mode bits and mtime; anything else is
+                                    refused before it is written (see
+                                    :mod:`.archive`); answers ``{entries: [{path,
+                                    size, sha256}]}``
+``GET    /v1/files/archive?path=``  the regular files below the directory up to
+                                    ``max_size`` bytes, as one streamed tar with each
+                                    file's SHA-256 in a pax record
 ``POST   /v1/files/mkdir``          ``{path, parents}``
 ``DELETE /v1/files?path=``          (``recursive``)
 ``POST   /v1/files/rename``         ``{source, destination}``
@@ -67,7 +77,7 @@ from strongroom.errors import (
     UsageError,
 )
 from strongroom.keys.base import KeyService
-from strongroom.server import runs
+from strongroom.server import archive, runs
 from strongroom.server.files import READ_CHUNK, FileStat, SharedFolder, chunks, split_path
 
 MAX_JSON_BODY = 64 * 1024
@@ -403,6 +413,47 @@ class FilesApi:
         written, digest = await _receive(request, _FileWriter(fd, offset))
         return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
 
+    async def write_archive(self, request: Request) -> Response:
+        """``POST /v1/files/archive?path=DIR``: extract a streamed tar (see :mod:`.archive`)."""
+        directory = _path(request)
+        await run_in_threadpool(self.temporaries.sweep, self.shared)
+        body = archive.BodyStream(WRITE_QUEUE)
+        extraction = _Extraction(
+            lambda: archive.extract(self.shared, self.temporaries, directory, body)
+        )
+        try:
+            async for chunk in request.stream():
+                if not chunk:
+                    continue
+                if extraction.finished():  # refused: read the rest, write nothing
+                    continue
+                try:
+                    body.queue.put_nowait(chunk)
+                except queue.Full:
+                    await run_in_threadpool(_put_unless, body, chunk, extraction)
+        finally:
+            # shielded: a client gone mid-archive still ends the extraction thread
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(_put_unless, body, None, extraction)
+                entries = await run_in_threadpool(extraction.result)
+        return JSONResponse({"entries": entries})
+
+    async def read_archive(self, request: Request) -> Response:
+        """``GET /v1/files/archive?path=DIR``: the small files below DIR as one tar stream."""
+        directory = _path(request)
+        max_size = _query_int(request, "max_size", archive.MAX_DOWNLOAD_MEMBER)
+        limit = archive.MAX_DOWNLOAD_MEMBER if max_size is None else max_size
+        if limit > archive.MAX_DOWNLOAD_MEMBER:
+            raise InvalidInputError(
+                f"max_size may be at most {archive.MAX_DOWNLOAD_MEMBER} bytes",
+                hint="fetch larger files one by one with GET /v1/files/content",
+            )
+        entry = await run_in_threadpool(self.shared.stat, directory)
+        if entry.type != "dir":
+            raise UsageError(f"{entry.path}: not a directory")
+        chunks = archive.archive_chunks(self.shared, directory, limit, self.temporaries.hidden)
+        return StreamingResponse(_iterate_in_thread(chunks), media_type="application/x-tar")
+
     async def checksum(self, request: Request) -> Response:
         path = _path(request)
 
@@ -477,6 +528,8 @@ class FilesApi:
             Route("/v1/files/content", g(self.read), methods=["GET"]),
             Route("/v1/files/content", g(self.write), methods=["PUT"]),
             Route("/v1/files/checksum", g(self.checksum), methods=["GET"]),
+            Route("/v1/files/archive", g(self.write_archive), methods=["POST"]),
+            Route("/v1/files/archive", g(self.read_archive), methods=["GET"]),
             Route("/v1/files/mkdir", g(self.mkdir), methods=["POST"]),
             Route("/v1/files", g(self.remove), methods=["DELETE"]),
             Route("/v1/files/rename", g(self.rename), methods=["POST"]),
@@ -580,6 +633,51 @@ class _FileWriter:
         if self._thread.is_alive():
             self._error = self._error or InvalidInputError("upload aborted")
             await self.put_end()
+
+
+class _Extraction:
+    """:func:`.archive.extract` in its own thread; :meth:`result` waits for it."""
+
+    def __init__(self, work: Callable[[], list[dict[str, object]]]) -> None:
+        self._work = work
+        self._entries: list[dict[str, object]] = []
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="archive-extract", daemon=True)
+        try:
+            self._thread.start()
+        except RuntimeError as e:  # no thread to be had: the enclave's process limit
+            raise UnavailableError(
+                "the enclave cannot start an extraction thread (its process limit is reached)",
+                hint="retry once the app's processes have ended",
+            ) from e
+
+    def _run(self) -> None:
+        try:
+            self._entries = self._work()
+        except BaseException as e:  # reported by result()
+            self._error = e
+        finally:
+            self._done.set()
+
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> list[dict[str, object]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._entries
+
+
+def _put_unless(body: archive.BodyStream, chunk: bytes | None, extraction: _Extraction) -> None:
+    """Queue ``chunk`` for the extraction, unless it has ended (then nobody reads the queue)."""
+    while not extraction.finished():
+        try:
+            body.queue.put(chunk, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _open_sized(

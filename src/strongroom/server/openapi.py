@@ -24,6 +24,7 @@ from strongroom.server.api import (
     TimesBody,
     TruncateBody,
 )
+from strongroom.server.archive import MAX_DOWNLOAD_MEMBER, SHA256_RECORD
 
 _PROBLEM = {
     "type": "object",
@@ -45,6 +46,15 @@ _ENTRY = {
         "size": {"type": "integer"},
         "mode": {"type": "integer"},
         "mtime": {"type": "number"},
+    },
+}
+_ARCHIVE_ENTRY = {
+    "type": "object",
+    "required": ["path", "size", "sha256"],
+    "properties": {
+        "path": {"type": "string"},
+        "size": {"type": "integer"},
+        "sha256": {"type": "string"},
     },
 }
 _PATH_PARAM = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
@@ -215,6 +225,44 @@ def document() -> dict[str, Any]:
         },
         "/v1/files/checksum": {
             "get": _op("SHA-256 of a file", _json({"type": "object"}), parameters=[_PATH_PARAM])
+        },
+        "/v1/files/archive": {
+            "post": _op(
+                "extract a streamed tar under path (created if missing): regular files and "
+                "directories only, each file under a temporary name renamed into place with its "
+                "permission bits and mtime; a link, device, FIFO, setuid/setgid/sticky mode, "
+                "a name with '..', an absolute or too long name, or a file beyond the free "
+                "space is refused (400) before anything of it is written, the members before "
+                "it stay (the problem's message says how many)",
+                _json(
+                    {
+                        "type": "object",
+                        "required": ["entries"],
+                        "properties": {
+                            "entries": {"type": "array", "items": _ARCHIVE_ENTRY},
+                        },
+                    }
+                ),
+                parameters=[_PATH_PARAM],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+            ),
+            "get": _op(
+                "the regular files below path of at most max_size bytes (default and most: "
+                f"{MAX_DOWNLOAD_MEMBER}) as a streamed pax tar, names relative to path, each "
+                f"with its SHA-256 in the pax record {SHA256_RECORD}; symlinks, special files "
+                "and larger files are left out",
+                {
+                    "content": {
+                        "application/x-tar": {"schema": {"type": "string", "format": "binary"}}
+                    }
+                },
+                parameters=[_PATH_PARAM, _query("max_size", "integer")],
+            ),
         },
         "/v1/files/mkdir": {
             "post": _op("make a directory", _json(_OK), requestBody=_body(MkdirBody))
