@@ -590,11 +590,11 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         ]
         try:
             self.client.upload_archive("/", members)
-        except EnclaveGoneError as e:
-            return [(p, e) for p in batch]
+        except EnclaveGoneError as gone:
+            return [(p, gone) for p in batch]
         except StrongroomError:
             # one member was refused (no space, most likely): find which, file by file
-            return [(p, e) for p in batch if (e := self._upload_one(p)) is not None]
+            return [(p, failed) for p in batch if (failed := self._upload_one(p)) is not None]
         for pending, (_, data, mode, mtime) in zip(batch, members, strict=True):
             self._known(RemoteEntry(pending.path, "file", len(data), mode, mtime))
         return []
