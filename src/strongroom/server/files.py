@@ -9,8 +9,8 @@ listed and read (``readlink``) but never followed; the API creates one only
 with a relative target that points down from the link's folder, no ``..``
 (:func:`contained_target`), because an app that follows a host-made link to
 ``/enclave/app/model`` would read its own secret as if it were the host's
-data, and write what it derives from it where the host can read it. Hard links join two names of one regular
-file, both inside the folder.
+data, and write what it derives from it where the host can read it. Hard
+links join two names of one regular file, both inside the folder.
 
 This is what keeps the decrypted app (in a sibling private folder) out of the
 host's reach.
