@@ -280,9 +280,10 @@ class EnclaveClient:
         """A whole file ``data`` at ``path``, replacing any there atomically; verified."""
         params = {"path": path, "truncate": "true"}
         result = self._call("PUT", "/v1/files/content", params=params, body=data)
-        if result.get("size") != len(data) or result.get("sha256") != hashlib.sha256(
-            data
-        ).hexdigest():
+        if (
+            result.get("size") != len(data)
+            or result.get("sha256") != hashlib.sha256(data).hexdigest()
+        ):
             raise TamperedError(f"{path} arrived altered", hint="write it again")
 
     def rename(self, source: str, destination: str) -> None:

@@ -215,9 +215,7 @@ def start(ws: Workspace, enclave: str, directory: Path, *, read_only: bool) -> M
                 return mount
         time.sleep(0.05)
     services.stop(process.pid)
-    raise UnavailableError(
-        f"the mount of {directory} did not start in time", hint=f"see {log}"
-    )
+    raise UnavailableError(f"the mount of {directory} did not start in time", hint=f"see {log}")
 
 
 def unmount(ws: Workspace, directory: Path) -> bool:
