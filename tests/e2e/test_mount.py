@@ -672,6 +672,45 @@ def _alive(pid: int) -> bool:
 # --- the enclave goes ---------------------------------------------------------------------
 
 
+def test_a_full_folder_says_enospc_and_the_mount_lives_on(env: Env) -> None:
+    """Before, the enclave answered a write that did not fit before it had read the
+    request, the client saw a broken pipe, and the mount took the enclave for gone."""
+    from strongroom.cli.client import connect_enclave
+    from strongroom.errors import InsufficientSpaceError
+    from strongroom.workspace import Workspace
+
+    env.stack.start_enclaves(env.image, {"small": ["--memory", "512"]})
+    directory = env.stack.root / "small"
+    directory.mkdir()
+    try:
+        env.cli("mount", str(directory), "--enclave", "small")
+        space = os.statvfs(directory)
+        count = space.f_bavail * space.f_frsize // (1024 * 1024) + 16
+        filled = subprocess.run(
+            ["dd", "if=/dev/zero", f"of={directory / 'fill'}", "bs=1M", f"count={count}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert filled.returncode != 0 and "No space left on device" in filled.stderr
+        # the mount still serves, and the space comes back
+        assert (directory / "from_server.txt").read_bytes()
+        os.unlink(directory / "fill")
+        (directory / "after.txt").write_text("room again")
+        assert env.stack.cli("cat", "--enclave", "small", "/after.txt").stdout == "room again"
+        # the Files API itself: refused as such, on a connection that goes on
+        with connect_enclave(Workspace.locate(env.stack.home), "small") as client:
+            too_big = bytes(client.statfs().free_bytes + 1024 * 1024)
+            with pytest.raises(InsufficientSpaceError) as refused:
+                client.write_at("/too-big", 0, too_big, create=True)
+            assert refused.value.errno_name == "ENOSPC"
+            assert client.stat("/after.txt").size == len("room again")
+    finally:
+        if str(directory) in mount_table():
+            env.cli("unmount", str(directory), expect=None)
+        env.cli("enclave", "stop", "small", expect=None)
+
+
 def test_enclave_stop_unmounts(env: Env) -> None:
     env.stack.start_enclaves(env.image, {"stopping": ["--memory", "512"]})
     directory = env.stack.root / "stopping"
