@@ -382,7 +382,7 @@ def run_cases(cases: list[Case], repeat: int) -> None:
 def print_table(cases: list[Case], repeat: int) -> bool:
     print(f"\n## the synced folder, best of {repeat}, against baselines of the same run\n")
     print(
-        f"{'data':<30}{'method':<42}{'s':>8}{'MiB/s':>9}{'files/s':>9}"
+        f"{'data':<33}{'method':<42}{'s':>8}{'MiB/s':>9}{'files/s':>9}"
         f"{'x raw':>7}{'x CLI':>7}{'x tmpfs':>8}  target"
     )
     met = True
@@ -411,7 +411,7 @@ def print_table(cases: list[Case], repeat: int) -> bool:
                 verdict = f"{'meets' if ok else 'MISSES'} (>= {least:,.0f} {unit})"
             files = f"{case.rate('files/s'):>9.0f}" if case.files else f"{'':>9}"
             print(
-                f"{group:<30}{case.method:<42}{case.best:>8.3f}{case.rate('MiB/s'):>9.1f}"
+                f"{group:<33}{case.method:<42}{case.best:>8.3f}{case.rate('MiB/s'):>9.1f}"
                 f"{files}{''.join(ratios)}  {verdict}"
             )
     return met
