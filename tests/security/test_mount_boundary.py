@@ -15,10 +15,11 @@ link really resolves. What must hold:
   (``cat``, ``cp -r``, ``cp -rL``, ``rsync -a``, ``tar``) gets the secret, and
   a write through one lands nowhere in the enclave.
 - A link made through the mount still resolves inside the folder after it is
-  moved, or when another link it passes through is made later. These two are
-  expected failures today: the Files API checks a target's names once, at
-  ``symlink``, so a move up the tree (``rename``) or a chain of links leads out
-  (see ``server/files.py``, :func:`contained_target`).
+  moved, and through any link it passes: a rename that would move it up above
+  what its target climbs is ``EPERM``, and so is a target that climbs after a
+  name (which may be a link). Before, the Files API checked a target's names
+  once, at ``symlink``, and both led out (``server/files.py``,
+  :func:`contained_target`).
 """
 
 from __future__ import annotations
@@ -248,29 +249,37 @@ def test_writes_through_planted_links_land_nowhere_in_the_enclave(env: Env) -> N
 # --- links made through the mount stay inside, whatever happens next -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/files.py: a link's target is checked at symlink only; a rename moves it out",
-)
-def test_a_link_moved_up_the_tree_still_resolves_inside(env: Env) -> None:
+def test_a_link_is_never_moved_up_above_what_it_climbs(env: Env) -> None:
+    """Before, the target's names were checked at ``symlink`` only: this link, fine
+    where it was made, led to ``/enclave/escaped`` once moved to the root."""
     folder = env.mnt / "moved"
     (folder / "deep").mkdir(parents=True)
     os.symlink("../../escaped", folder / "deep" / "link")  # inside: /moved/deep/../../escaped
     assert env.resolved("/moved/deep/link") == f"{SHARED}/escaped"
-    os.rename(folder / "deep" / "link", env.mnt / "link")
-    where = env.resolved("/link")
-    os.unlink(env.mnt / "link")
-    assert where.startswith(SHARED + "/"), where
+    for source, destination in ((folder / "deep" / "link", env.mnt / "link"),
+                                (folder / "deep", env.mnt / "deep")):  # fmt: skip
+        with pytest.raises(OSError) as refused:
+            os.rename(source, destination)
+        assert refused.value.errno == errno.EPERM
+        moved = subprocess.run(["mv", str(source), str(destination)], capture_output=True)
+        assert moved.returncode != 0
+    assert env.resolved("/moved/deep/link") == f"{SHARED}/escaped"
+    # down the tree it may go, and back up as far as its target climbs
+    (env.mnt / "a" / "b").mkdir(parents=True)
+    os.rename(folder / "deep", env.mnt / "a" / "b" / "deep")
+    os.rename(env.mnt / "a" / "b" / "deep", env.mnt / "a" / "deep")
+    assert env.resolved("/a/deep/link") == f"{SHARED}/escaped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/files.py: a target's names are checked, not the links they pass through",
-)
-def test_a_chain_of_links_still_resolves_inside(env: Env) -> None:
+def test_a_chain_of_links_stays_inside(env: Env) -> None:
+    """Before, ``sub/up/../..`` passed on its names and, through ``sub/up -> ..``,
+    led to ``/enclave``."""
     folder = env.mnt / "chain"
     (folder / "sub").mkdir(parents=True)
     os.symlink("..", folder / "sub" / "up")  # /chain/sub/up -> /chain: inside
-    os.symlink("sub/up/../..", folder / "out")  # by its names: /chain/sub: inside
-    where = env.resolved("/chain/out")
-    assert where.startswith(SHARED + "/") or where == SHARED, where
+    with pytest.raises(OSError) as refused:
+        os.symlink("sub/up/../..", folder / "out")  # climbs after a name that is a link
+    assert refused.value.errno == errno.EPERM
+    os.symlink("sub/up/sub", folder / "through")  # descending through links is fine
+    assert env.resolved("/chain/through") == f"{SHARED}/chain/sub"
+    assert not os.path.lexists(folder / "out")

@@ -9,7 +9,11 @@ listed and read (``readlink``) but never followed; the API creates one only
 with a relative target that stays inside the folder (:func:`contained_target`),
 because an app that follows a host-made link to ``/enclave/app/model`` would
 read its own secret as if it were the host's data, and write what it derives
-from it where the host can read it. Hard links join two names of one regular
+from it where the host can read it. A target climbs first (``../``) and then
+only descends, never more levels than the link is deep; a link made so stays
+inside wherever it resolves through, as long as it is never moved up the tree,
+so a rename that would move a link (or a directory holding one) above what
+its target climbs is refused too. Hard links join two names of one regular
 file, both inside the folder.
 
 This is what keeps the decrypted app (in a sibling private folder) out of the
@@ -33,6 +37,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -188,6 +193,9 @@ class SharedFolder:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        #: symlink and rename, one at a time: a link made below a directory while it
+        #: is moved up would miss the move's check
+        self._links = threading.Lock()
 
     @contextlib.contextmanager
     def _parent(self, path: str) -> Iterator[tuple[int, str]]:
@@ -348,8 +356,18 @@ class SharedFolder:
                 raise _translate(e, path) from e
 
     def rename(self, source: str, destination: str) -> None:
-        with self._parent(source) as (sfd, sname), self._parent(destination) as (dfd, dname):
+        """Move ``source`` to ``destination``; never a link up above what its target climbs."""
+        shallower = len(split_path(destination)) < len(split_path(source))
+        with (
+            self._links,
+            self._parent(source) as (sfd, sname),
+            self._parent(destination) as (dfd, dname),
+        ):
             try:
+                if shallower:
+                    for below, target in _links_in(sfd, sname):
+                        moved = "/".join(["", *split_path(destination), *below[1:]])
+                        contained_target(moved, target)
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
             except OSError as e:
                 raise _translate(e, f"{source} -> {destination}") from e
@@ -382,7 +400,7 @@ class SharedFolder:
     def symlink(self, path: str, target: str) -> None:
         """Make ``path`` a symlink to ``target``, which must stay inside the folder."""
         contained_target(path, target)
-        with self._parent(path) as (fd, name):
+        with self._links, self._parent(path) as (fd, name):
             try:
                 os.symlink(target, name, dir_fd=fd)
             except OSError as e:
@@ -438,10 +456,14 @@ class SharedFolder:
 def contained_target(path: str, target: str) -> str:
     """``target`` if a symlink at ``path`` pointing to it resolves inside the folder.
 
-    Checked on the names alone: relative, and never climbing above the root
-    from the link's own directory. Every link the API makes passes this, so a
-    chain of them stays inside too (links an app makes are the app's affair:
-    the server never follows any).
+    Checked on the names alone: relative, climbing (``..``) only at its start
+    and never above the root from the link's own directory, then descending
+    only. So it lands inside from the link's real directory, whatever links it
+    descends through: each link the API made lands inside from its own place
+    (links an app makes are the app's affair: the server never follows any).
+    A ``..`` after a name could climb out of whatever that name is a link to
+    (``sub/up/..`` with ``sub/up -> ..``). The link's depth changes only with
+    a rename, which checks again (:meth:`SharedFolder.rename`).
     """
     parts = split_path(path)
     if not parts:
@@ -456,21 +478,48 @@ def contained_target(path: str, target: str) -> str:
             ),
             "EPERM",
         )
-    depth = len(parts) - 1
+    depth, descending = len(parts) - 1, False
     for part in target.split("/"):
         if part == "..":
             depth -= 1
+            if descending:
+                raise _with_errno(
+                    PathEscapeError(
+                        f"symlink target {target!r} climbs after a name",
+                        hint="a name on the way may be a link; write the target as ../ then names",
+                    ),
+                    "EPERM",
+                )
             if depth < 0:
                 raise _with_errno(
                     PathEscapeError(
-                        f"symlink target {target!r} leaves the shared folder",
+                        f"symlink {path!r} to {target!r} would lead out of the shared folder",
                         hint="a symlink may only point inside the shared folder",
                     ),
                     "EPERM",
                 )
         elif part not in ("", "."):
-            depth += 1
+            depth, descending = depth + 1, True
     return target
+
+
+def _links_in(parent_fd: int, name: str) -> Iterator[tuple[list[str], str]]:
+    """Every symlink at or below ``name`` in ``parent_fd``: (its names below ``name``
+    — ``name`` itself first — and its target), descending only into real directories."""
+    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        yield [name], os.readlink(name, dir_fd=parent_fd)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for child in os.listdir(fd):
+            with contextlib.suppress(FileNotFoundError):  # removed by the app meanwhile
+                for below, target in _links_in(fd, child):
+                    yield [name, *below], target
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(parent_fd: int, name: str) -> None:

@@ -214,3 +214,75 @@ def test_recursive_remove_does_not_open_what_is_not_a_directory(shared: SharedFo
     assert _outcome(removing, shared.root / "tree" / "sub" / "trap") is None
     assert shared.list("/") == []
     assert Path("/").exists()
+
+
+# --- symlinks the API makes (issue 12: the mount's ln -s) -----------------------------------
+
+
+def _escaping_links(root: Path) -> list[str]:
+    """Every symlink below ``root`` that really resolves outside it."""
+    inside = str(root.resolve())
+    return [
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_symlink()
+        and not (os.path.realpath(path) + "/").startswith(inside + "/")
+        and os.path.realpath(path) != inside
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/link", "/etc/passwd"),
+        ("/link", ".."),
+        ("/a/link", "../../x"),
+        ("/a/link", "./../.."),
+        ("/a/b/link", "c/../../../x"),
+        ("/a/out", "sub/up/.."),  # climbs out of whatever sub/up is
+    ],
+)
+def test_links_that_could_lead_out_are_refused(
+    shared: SharedFolder, path: str, target: str
+) -> None:
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        shared.mkdir(parent, parents=True)
+    with pytest.raises(PathEscapeError) as refused:
+        shared.symlink(path, target)
+    assert refused.value.errno_name == "EPERM"
+    assert not os.path.lexists(shared.root / path.lstrip("/"))
+
+
+def test_links_climbing_then_descending_are_made(shared: SharedFolder) -> None:
+    shared.mkdir("/a/b", parents=True)
+    for path, target in [("/a/b/up", "../.."), ("/a/b/f", "../../x/y"), ("/down", "a/./b")]:
+        shared.symlink(path, target)
+        assert shared.readlink(path) == target
+    assert _escaping_links(shared.root) == []
+
+
+def test_a_link_cannot_be_moved_up_above_what_it_climbs(shared: SharedFolder) -> None:
+    shared.mkdir("/moved/deep", parents=True)
+    shared.symlink("/moved/deep/link", "../../escaped")
+    with pytest.raises(PathEscapeError):
+        shared.rename("/moved/deep/link", "/link")
+    with pytest.raises(PathEscapeError):  # nor in the directory that holds it
+        shared.rename("/moved/deep", "/deep")
+    shared.mkdir("/x/y/z", parents=True)
+    shared.rename("/moved/deep", "/x/y/z/deep")  # down is fine
+    shared.rename("/x/y/z/deep", "/x/deep")  # up, but not above what it climbs
+    shared.symlink("/down", "x/deep")
+    shared.rename("/down", "/x/y/z/down")  # a link that only descends goes anywhere
+    shared.rename("/x/y/z/down", "/down")
+    assert _escaping_links(shared.root) == []
+
+
+def test_a_chain_of_links_stays_inside(shared: SharedFolder) -> None:
+    shared.mkdir("/chain/sub", parents=True)
+    shared.symlink("/chain/sub/up", "..")  # -> /chain
+    shared.symlink("/chain/top", "..")  # -> /
+    shared.symlink("/chain/via", "sub/up/sub/up")  # descends through links: /chain
+    with pytest.raises(PathEscapeError):
+        shared.symlink("/chain/out", "sub/up/../..")
+    assert _escaping_links(shared.root) == []
