@@ -43,7 +43,7 @@ def mount_command(
     unmount. With no DIRECTORY: list the workspace's mounts.
 
     \b
-    The runbook's folder (step 4.5):
+    Example, the runbook's folder (step 4.5):
       mkdir -p ~/synced && strongroom mount ~/synced
       mkdir -p ~/synced/dataset ~/synced/encrypted ~/synced/output
       cp data.csv ~/synced/dataset/ && cp app.sealed ~/synced/encrypted/
@@ -127,6 +127,10 @@ def unmount_command(app: AppContext, directory: str) -> None:
     Waits until what was written is in the enclave. If something still has
     the folder open, it is detached at once (a lazy unmount) and the kernel
     lets go when they do.
+
+    \b
+    Example:
+      strongroom unmount ~/synced
     """
     from strongroom.client.mount import mounts
 
@@ -149,5 +153,10 @@ def unmount_command(app: AppContext, directory: str) -> None:
 @enclave_option
 @click.pass_context
 def sync_command(ctx: click.Context, directory: str, enclave_name: str | None) -> None:
-    """The runbook's `client.py sync -d DIR`: the same as `strongroom mount DIR`."""
+    """The runbook's `client.py sync -d DIR`: the same as `strongroom mount DIR`.
+
+    \b
+    Example:
+      mkdir -p ~/synced && strongroom sync -d ~/synced
+    """
     ctx.invoke(mount_command, directory=directory, enclave_name=enclave_name)

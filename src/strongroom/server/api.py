@@ -545,19 +545,26 @@ class FilesApi:
 
 
 async def _receive(request: Request, writer: _FileWriter) -> tuple[int, str]:
-    """Stream the request body into ``writer``; (bytes written, SHA-256)."""
+    """Stream the request body into ``writer``; (bytes written, SHA-256).
+
+    A write that fails (the shared folder is full, above all) is answered only
+    once the whole body is read: an answer while the client still sends reaches
+    it as a broken connection, which says "the enclave is gone", not why.
+    """
     try:
         # the chunks are handed on as they came, a batch at a time: no copy here
         pending: list[bytes] = []
         size = 0
         async for chunk in request.stream():
+            if writer.failed:
+                continue  # read to the end, then say why
             if chunk:
                 pending.append(chunk)
                 size += len(chunk)
             if size >= WRITE_BATCH or len(pending) >= WRITE_BATCH_CHUNKS:
                 await writer.put(pending)
                 pending, size = [], 0
-        if pending:
+        if pending and not writer.failed:
             await writer.put(pending)
         return await writer.finish()
     except BaseException:
@@ -606,9 +613,14 @@ class _FileWriter:
         finally:
             os.close(self._fd)
 
+    @property
+    def failed(self) -> bool:
+        """A write failed: what is still put is dropped, and :meth:`finish` says why."""
+        return self._error is not None
+
     async def put(self, data: list[bytes]) -> None:
         if self._error is not None:
-            raise self._error
+            return
         try:
             self._queue.put_nowait(data)
         except queue.Full:
@@ -721,9 +733,14 @@ def _write_small(shared: SharedFolder, path: str, temporary: str, data: bytes) -
 
 
 def _write_failed(error: OSError) -> InvalidInputError:
-    if error.errno == errno.ENOSPC:
-        return InsufficientSpaceError("write failed: no space left in the enclave's shared folder")
-    return InvalidInputError(f"write failed: {error.strerror}")
+    failed = (
+        InsufficientSpaceError("write failed: no space left in the enclave's shared folder")
+        if error.errno == errno.ENOSPC
+        else InvalidInputError(f"write failed: {error.strerror}")
+    )
+    if error.errno is not None:
+        failed.errno_name = errno.errorcode.get(error.errno)  # what a mount tells the kernel
+    return failed
 
 
 def _pwritev_all(fd: int, chunks: list[bytes], offset: int) -> int:

@@ -214,3 +214,68 @@ def test_recursive_remove_does_not_open_what_is_not_a_directory(shared: SharedFo
     assert _outcome(removing, shared.root / "tree" / "sub" / "trap") is None
     assert shared.list("/") == []
     assert Path("/").exists()
+
+
+# --- symlinks the API makes (issue 12: the mount's ln -s) -----------------------------------
+
+
+def _escaping_links(root: Path) -> list[str]:
+    """Every symlink below ``root`` that really resolves outside it."""
+    inside = str(root.resolve())
+    return [
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_symlink()
+        and not (os.path.realpath(path) + "/").startswith(inside + "/")
+        and os.path.realpath(path) != inside
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/link", "/etc/passwd"),
+        ("/link", ".."),
+        ("/a/link", "../../x"),
+        ("/a/link", "./../.."),
+        ("/a/b/link", "c/../../../x"),
+        ("/a/out", "sub/up/.."),  # climbs out of whatever sub/up is
+        ("/a/b/up", "../x"),  # inside from here, not once moved to /
+    ],
+)
+def test_links_that_could_lead_out_are_refused(
+    shared: SharedFolder, path: str, target: str
+) -> None:
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        shared.mkdir(parent, parents=True)
+    with pytest.raises(PathEscapeError) as refused:
+        shared.symlink(path, target)
+    assert refused.value.errno_name == "EPERM"
+    assert not os.path.lexists(shared.root / path.lstrip("/"))
+
+
+def test_links_that_descend_are_made(shared: SharedFolder) -> None:
+    shared.mkdir("/a/b", parents=True)
+    for path, target in [("/a/b/f", "x/y"), ("/down", "a/./b"), ("/a/here", ".")]:
+        shared.symlink(path, target)
+        assert shared.readlink(path) == target
+    assert _escaping_links(shared.root) == []
+
+
+def test_a_link_that_descends_stays_inside_wherever_it_is_moved(shared: SharedFolder) -> None:
+    shared.mkdir("/x/y/z", parents=True)
+    shared.symlink("/x/y/z/down", "deep/file")
+    shared.rename("/x/y/z/down", "/down")  # up: still below the root
+    shared.rename("/x", "/w")  # and the directories around it
+    shared.rename("/down", "/w/y/down")
+    assert _escaping_links(shared.root) == []
+
+
+def test_a_chain_of_links_stays_inside(shared: SharedFolder) -> None:
+    shared.mkdir("/chain/sub/deeper", parents=True)
+    shared.symlink("/chain/sub/in", "deeper")  # -> /chain/sub/deeper
+    shared.symlink("/chain/via", "sub/in")  # descends through a link: still below /chain
+    with pytest.raises(PathEscapeError):
+        shared.symlink("/chain/out", "sub/in/../../..")
+    assert _escaping_links(shared.root) == []

@@ -100,9 +100,11 @@ def _operation(method: F) -> F:
         try:
             return method(self, *args)
         except StrongroomError as e:
-            if isinstance(e, EnclaveGoneError):
-                self.lose(str(e))
             code = errno_of(e)
+            if isinstance(e, EnclaveGoneError) and not self.still_there():
+                self.lose(str(e))
+            elif isinstance(e, EnclaveGoneError):
+                code = errno.EIO  # one request failed (a timeout, under load): only this one
             if code == errno.EIO:
                 log.warning("%s%r: %s", method.__name__, args[:1], e.message)
             raise mfusepy.FuseOSError(code) from e
@@ -212,6 +214,13 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
             self.gone = reason
             log.error("the enclave is gone (%s): every operation now fails", reason)
             self.on_lost(reason)
+
+    def still_there(self) -> bool:
+        """Whether the enclave mounted still answers, as itself (after a failed request)."""
+        try:
+            return self.client.describe().get("identity_key") == self.identity_key
+        except StrongroomError:
+            return False
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -406,6 +415,14 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         entry = self._entry(path)
         if entry is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
+        if flags & os.O_TRUNC:
+            # libfuse asks the kernel to leave O_TRUNC to open (atomic_o_trunc)
+            self.client.truncate(path, 0)
+            for other in self._open_handles(path):
+                if other.path == path:
+                    other.size = 0
+            self._forget(path)
+            return self._new_handle(_Handle(path, size=0))
         return self._new_handle(_Handle(path, size=entry.size))
 
     @_operation
