@@ -624,11 +624,13 @@ def run_command(
             "key_service": key_service,
         }
         code = _stream_run(app, enclave.run(request))
+        _settle_mounts(ws, enclave.name)  # what the app wrote shows there at once
     sys.exit(code)
 
 
 def _settle_mounts(ws: Workspace, enclave_name: str) -> None:
-    """What was copied into a mount of this enclave is in the enclave before the app looks."""
+    """The mounts of this enclave and the enclave agree: before a run, what was copied
+    in is there for the app; after it, what the app wrote shows in the mounts at once."""
     if not (ws.run_dir / "mount").is_dir():
         return  # no mount was ever made here: nothing to import, nothing to wait for
     from strongroom.client.mount import mounts

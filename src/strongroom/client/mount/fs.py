@@ -28,6 +28,7 @@ enclave that happens to reuse the socket.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import errno
 import functools
 import itertools
@@ -170,6 +171,7 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         #: name there is answered "no such file" with no request (``tar -x``).
         self._listed: dict[str, tuple[float, set[str]]] = {}
         self._free_bytes = 0
+        self._fuse: ctypes.c_void_p | None = None
         self._handles: dict[int, _Handle] = {}
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
@@ -191,6 +193,8 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
             conn.max_write = MAX_WRITE
             conn.max_readahead = MAX_WRITE
         self._free_bytes = self.client.statfs().free_bytes
+        # libfuse's handle on this mount, to tell the kernel to drop what it caches
+        self._fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
         self._heartbeat.start()
         log.info("serving the shared folder of enclave %s", self.client.name)
         self.on_ready()
@@ -260,10 +264,12 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
                 self._listed.pop(path, None)
                 if below:
                     for cache in (self._attrs, self._listed):
-                        for key in [k for k in cache if k.startswith(path + "/")]:
+                        for key in [k for k in cache if k.startswith(path.rstrip("/") + "/")]:
                             del cache[key]
             for handle in self._handles.values():
-                if any(handle.path == p or handle.path.startswith(p + "/") for p in paths):
+                if any(
+                    handle.path == p or handle.path.startswith(p.rstrip("/") + "/") for p in paths
+                ):
                     handle.drop_blocks()
 
     def _known(self, entry: RemoteEntry) -> None:
@@ -356,8 +362,23 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
 
     @_operation
     def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
-        """What was written at or below ``path`` lands first (``strongroom run`` asks this)."""
+        """Make this mount and the enclave agree at and below ``path``.
+
+        What was written here lands there, and what is cached here (names,
+        attributes, pages; ours and the kernel's) is dropped, so what an app
+        wrote meanwhile is seen at the next look rather than after the TTL.
+        ``strongroom run`` asks this of its enclave's mounts before and after
+        the app runs.
+        """
         self._settle_below(path)
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            cached = [p for p in self._attrs if p == path or p.startswith(prefix)]
+        self._forget(path, below=True)
+        if self._fuse is not None:
+            for known in cached:
+                # the inode's attributes and pages; an unknown path is simply not cached
+                mfusepy._libfuse.fuse_invalidate_path(self._fuse, known.encode())
         self._writeback.report()
 
     @_operation

@@ -267,10 +267,11 @@ def unmount(ws: Workspace, directory: Path) -> bool:
 
 
 def settle(directory: Path) -> None:
-    """Wait until what was written through the mount is in the enclave.
+    """Make the mount and its enclave agree: an ``fsync`` of the folder itself.
 
-    An ``fsync`` of the folder itself: the mount sends every small file still
-    waiting to go (:mod:`.writeback`) and reports a write that failed.
+    The mount sends what is still buffered or waiting (:mod:`.writeback`),
+    reports a write that failed, and drops what it and the kernel cache, so
+    the app's latest files show at the next look.
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
