@@ -9,8 +9,12 @@ Files (all paths are inside the shared folder; see :mod:`strongroom.server.files
 ``PUT    /v1/files/content?path=``  write a streamed body (``offset``, ``truncate``,
                                     ``create``); a whole-file write lands in a
                                     temporary name and is renamed into place only
-                                    when complete; answers ``{size, sha256}``
-``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks
+                                    when complete; answers ``{size, sha256}``, or
+                                    ``{size, check}`` when an ``x-check-key``
+                                    header asks for the keyed check of large
+                                    transfers (:mod:`strongroom._internal.integrity`)
+``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks (or,
+                                    with ``x-check-key``, its keyed check)
 ``POST   /v1/files/archive?path=``  extract a streamed tar under the directory
                                     (created if missing): regular files and
                                     directories only, each file renamed into place
@@ -60,6 +64,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from strongroom._internal.integrity import KEY_HEADER, StreamCheck, parse_key
 from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -336,8 +341,9 @@ class FilesApi:
         # so an interrupted upload never leaves a truncated file under its final name
         if not whole:
             return await self._write_in_place(request, path, parts, offset, truncate, create)
+        key = _check_key(request)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) <= SMALL_FILE:
+        if key is None and declared.isdigit() and int(declared) <= SMALL_FILE:
             # a small whole file: read it here, then one thread hop checks, writes
             # it under its temporary name and renames it (no writer thread)
             data = await request.body()
@@ -360,7 +366,7 @@ class FilesApi:
             self.temporaries.done(target)
             raise
         try:
-            written, digest = await _receive(request, _FileWriter(fd, offset))
+            written, digest = await _receive(request, _FileWriter(fd, offset, key))
             await run_in_threadpool(self.shared.rename, target, path)
         except BaseException:
             # shielded: a cancelled request (the client is gone) must still clean up
@@ -368,7 +374,7 @@ class FilesApi:
                 await run_in_threadpool(self.temporaries.discard, self.shared, target)
             raise
         self.temporaries.done(target)
-        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
+        return JSONResponse(_written("/" + "/".join(parts), written, digest, key))
 
     def _before_upload(self, path: str) -> None:
         self.temporaries.sweep(self.shared)
@@ -384,11 +390,12 @@ class FilesApi:
         create: bool,
     ) -> Response:
         """A partial write (at an offset, or into an existing file): no temporary."""
+        key = _check_key(request)
         fd = await run_in_threadpool(
             self.shared.open_write, path, create=create, truncate=truncate, exclusive=False
         )
-        written, digest = await _receive(request, _FileWriter(fd, offset))
-        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
+        written, digest = await _receive(request, _FileWriter(fd, offset, key))
+        return JSONResponse(_written("/" + "/".join(parts), written, digest, key))
 
     async def write_archive(self, request: Request) -> Response:
         """``POST /v1/files/archive?path=DIR``: extract a streamed tar (see :mod:`.archive`)."""
@@ -433,14 +440,16 @@ class FilesApi:
 
     async def checksum(self, request: Request) -> Response:
         path = _path(request)
+        key = _check_key(request)
 
         def compute() -> str:
-            digest = hashlib.sha256()
+            digest = hashlib.sha256() if key is None else StreamCheck(key)
             for chunk in self.shared.read(path):
                 digest.update(chunk)
             return digest.hexdigest()
 
-        return JSONResponse({"path": path, "sha256": await run_in_threadpool(compute)})
+        field = "sha256" if key is None else "check"
+        return JSONResponse({"path": path, field: await run_in_threadpool(compute)})
 
     async def mkdir(self, request: Request) -> Response:
         body = await _json_body(request, MkdirBody)
@@ -527,11 +536,13 @@ class _FileWriter:
     instead of filling memory. The writer owns ``fd`` and closes it.
     """
 
-    def __init__(self, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, offset: int, key: bytes | None = None) -> None:
         self._fd = fd
         self._offset = offset
         self._written = 0
-        self._digest = hashlib.sha256()
+        self._digest: hashlib._Hash | StreamCheck = (
+            hashlib.sha256() if key is None else StreamCheck(key)
+        )
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
@@ -630,6 +641,23 @@ def _put_unless(body: archive.BodyStream, chunk: bytes | None, extraction: _Extr
             return
         except queue.Full:
             continue
+
+
+def _check_key(request: Request) -> bytes | None:
+    """The key of a keyed stream check, when the client asks for one (see
+    :mod:`strongroom._internal.integrity`); None: the check is the SHA-256."""
+    text = request.headers.get(KEY_HEADER)
+    if text is None:
+        return None
+    key = parse_key(text)
+    if key is None:
+        raise InvalidInputError(f"{KEY_HEADER} must be {2 * 16} lower-case hex digits")
+    return key
+
+
+def _written(path: str, size: int, digest: str, key: bytes | None) -> dict[str, object]:
+    """The answer to a write: the bytes' SHA-256, or their keyed check if one was asked for."""
+    return {"path": path, "size": size, "sha256" if key is None else "check": digest}
 
 
 def _open_sized(
