@@ -16,6 +16,8 @@ import functools
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,8 @@ DOWNLOAD_CHUNK = 1024 * 1024
 #: Transfers of more bytes than this are checked with a fresh key, not by their SHA-256
 #: (the enclave answers smaller downloads with their SHA-256 anyway: server/api.py).
 KEYED_CHECK_MIN = 1024 * 1024
+#: Buffers a large download receives into ahead of the thread that writes them.
+WRITE_BEHIND = 4
 #: A run may be silent for a long time; reads wait this long between events.
 RUN_READ_TIMEOUT_S = 24 * 3600.0
 
@@ -181,6 +185,56 @@ class Verified:
     @property
     def sha256(self) -> str | None:
         return self.value if self.kind == "sha256" else None
+
+
+def _write_behind(
+    fd: int,
+    fill: Callable[[memoryview], int],
+    check: _Check,
+    progress: Callable[[int], None],
+) -> None:
+    """Receive into a ring of buffers while a thread writes the filled ones to ``fd``.
+
+    Receiving and writing each copy every byte once; in one thread they took
+    turns. A buffer is filled again only once written (the ring is the flow
+    control), so memory stays at :data:`WRITE_BEHIND` buffers.
+    """
+    buffers = [memoryview(bytearray(DOWNLOAD_CHUNK)) for _ in range(WRITE_BEHIND)]
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    for index in range(WRITE_BEHIND):
+        free.put(index)
+    failed: list[OSError] = []
+
+    def write() -> None:
+        while (item := full.get()) is not None:
+            index, n = item
+            if not failed:
+                view = buffers[index][:n]
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError as e:
+                    failed.append(e)
+            free.put(index)
+
+    writer = threading.Thread(target=write, name="download-writer", daemon=True)
+    writer.start()
+    try:
+        while not failed:
+            index = free.get()
+            n = fill(buffers[index])
+            if not n:
+                free.put(index)
+                break
+            check.update(buffers[index][:n])
+            progress(n)
+            full.put((index, n))
+    finally:
+        full.put(None)
+        writer.join()
+    if failed:
+        raise errors.InvalidInputError(f"cannot write the download: {failed[0].strerror}")
 
 
 def _new_check(size: int) -> tuple[_Check, dict[str, str]]:
@@ -361,13 +415,16 @@ class EnclaveClient:
                 theirs = _background().submit(self._keyed_checksum, remote, key)
             else:
                 check = hashlib.sha256()
-            buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
             with write_confined(target) as f:
-                while n := response.readinto(buffer):
-                    chunk = buffer[:n]
-                    f.write(chunk)
-                    check.update(chunk)
-                    progress(n)
+                if expected is None:  # large: written by a thread while the next bytes come
+                    _write_behind(f.fileno(), response.readinto, check, progress)
+                else:
+                    buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
+                    while n := response.readinto(buffer):
+                        chunk = buffer[:n]
+                        f.write(chunk)
+                        check.update(chunk)
+                        progress(n)
                 f.flush()
                 verified = _verified(check)
                 if expected is None:

@@ -87,6 +87,8 @@ WRITE_BATCH = 1024 * 1024
 WRITE_BATCH_CHUNKS = 256
 #: ...with at most this many batches queued for the writer thread.
 WRITE_QUEUE = 8
+#: Chunks a large download reads ahead of what the socket has taken.
+READ_AHEAD = 4
 #: Files up to this size are read whole and answered with their SHA-256.
 SMALL_FILE = 1024 * 1024
 MAX_ARGS = 256
@@ -325,7 +327,7 @@ class FilesApi:
         body = chunks(fd, offset, sending)
         headers = {"x-file-size": str(size), "content-length": str(sending)}
         return StreamingResponse(
-            _iterate_in_thread(body), media_type="application/octet-stream", headers=headers
+            _prefetched(body), media_type="application/octet-stream", headers=headers
         )
 
     async def write(self, request: Request) -> Response:
@@ -721,6 +723,59 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+async def _prefetched(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """A large download's chunks, read ahead by a thread while the loop sends the last ones.
+
+    Reading each chunk only once the one before had been sent made disk and
+    socket take turns (a thread hop and a read per MiB in the gap); with a
+    bounded queue of :data:`READ_AHEAD` chunks they overlap, and memory stays
+    bounded. The thread ends, closing the file, when the download ends or
+    the client goes away.
+    """
+    ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: bytes | BaseException | None = None
+        except BaseException as e:  # handed to the loop, raised there
+            item = e
+        finally:
+            chunks.close()
+        with contextlib.suppress(queue.Full):
+            ahead.put(item, timeout=1.0)
+
+    try:
+        thread = threading.Thread(target=read, name="download-reader", daemon=True)
+        thread.start()
+    except RuntimeError:  # no thread to be had (the enclave's process limit): read in line
+        async for chunk in _iterate_in_thread(chunks):
+            yield chunk
+        return
+    try:
+        while True:
+            try:
+                item = ahead.get_nowait()
+            except queue.Empty:
+                item = await run_in_threadpool(ahead.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 async def _iterate_in_thread(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
