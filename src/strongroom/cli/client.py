@@ -334,7 +334,7 @@ def pull_command(
 
     \b
     Each file is written under a temporary name and renamed into place only
-    once its SHA-256 matches the enclave's. Every name the enclave lists must
+    once its checksum matches the enclave's. Every name the enclave lists must
     be one plain name under the directory listed, and nothing is written
     through a symlink in LOCAL: otherwise the whole pull is refused before
     anything is written. Symlinks in the shared folder are not pulled.
