@@ -273,3 +273,35 @@ def test_an_archive_may_not_replace_a_directory_or_go_through_a_symlink(enclave:
     response = post(enclave.api, "/planted/tmp-link", tar_of([member("escaped", b"pwned")]))
     assert response.status_code == 400 and response.json()["error"] == "PathEscapeError"
     assert enclave.escaped() == []
+
+
+def test_the_keyed_check_of_a_large_transfer_is_computed_by_the_enclave(
+    enclave: Enclave,
+) -> None:
+    """Large uploads and downloads are checked with a fresh key (not SHA-256): the
+    enclave's value must be the client's over the same bytes, and differ otherwise."""
+    from strongroom._internal.integrity import KEY_HEADER, StreamCheck, new_key
+
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    key = new_key()
+    ours = StreamCheck(key)
+    ours.update(data)
+    headers = {KEY_HEADER: key.hex()}
+    params = {"path": "/keyed/big.bin", "truncate": "true"}
+    assert enclave.api.post("/v1/files/mkdir", json={"path": "/keyed"}).is_success
+    put = enclave.api.put("/v1/files/content", params=params, content=data, headers=headers)
+    assert put.status_code == 200, put.text
+    assert put.json() == {"path": "/keyed/big.bin", "size": len(data), "check": ours.hexdigest()}
+    got = enclave.api.get("/v1/files/checksum", params={"path": "/keyed/big.bin"}, headers=headers)
+    assert got.json()["check"] == ours.hexdigest()
+    other = new_key()
+    answer = enclave.api.get(
+        "/v1/files/checksum", params={"path": "/keyed/big.bin"}, headers={KEY_HEADER: other.hex()}
+    )
+    assert answer.json()["check"] != ours.hexdigest()
+    plain = enclave.api.get("/v1/files/checksum", params={"path": "/keyed/big.bin"})
+    assert plain.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    bad = enclave.api.put(
+        "/v1/files/content", params=params, content=data, headers={KEY_HEADER: "not hex"}
+    )
+    assert bad.status_code == 400 and KEY_HEADER in bad.json()["message"]

@@ -26,7 +26,7 @@ from strongroom.cli._common import (
     out,
     pass_app,
 )
-from strongroom.client.enclave import EnclaveClient
+from strongroom.client.enclave import EnclaveClient, Verified
 from strongroom.errors import (
     AccessDeniedError,
     EvidenceError,
@@ -147,12 +147,13 @@ def push_command(
         with byte_progress("push", total, enabled=not app.json) as advance:
 
             def push_one(item: PushItem) -> list[dict[str, Any]]:
-                digest = enclave.upload(item.local, item.remote, progress=advance)
+                verified = enclave.upload(item.local, item.remote, progress=advance)
                 return [
                     {
                         "local": str(item.local),
                         "remote": item.remote,
-                        "sha256": digest,
+                        "sha256": verified.sha256,
+                        "check": verified.kind,
                         "size": item.size,
                     }
                 ]
@@ -211,7 +212,13 @@ def _push_archive(
 
     entries = enclave.upload_archive(base, members(), progress=advance)
     return [
-        {"local": str(item.local), "remote": item.remote, "sha256": e["sha256"], "size": size}
+        {
+            "local": str(item.local),
+            "remote": item.remote,
+            "sha256": e["sha256"],
+            "check": "sha256",
+            "size": size,
+        }
         for item, e, size in zip(batch, entries, sizes, strict=True)
     ]
 
@@ -279,7 +286,7 @@ def _push_stdin(app: AppContext, remote: str, enclave_name: str | None) -> None:
         started = time.monotonic()
         with byte_progress("push", size, enabled=not app.json) as advance:
             sent, digest = enclave.upload_stream(source, remote, size=size, progress=advance)
-    done = [{"local": "-", "remote": remote, "sha256": digest, "size": sent}]
+    done = [{"local": "-", "remote": remote, "sha256": digest, "check": "sha256", "size": sent}]
     _summary(app, "pushed", done, sent, time.monotonic() - started)
 
 
@@ -327,7 +334,7 @@ def pull_command(
 
     \b
     Each file is written under a temporary name and renamed into place only
-    once its SHA-256 matches the enclave's. Every name the enclave lists must
+    once its checksum matches the enclave's. Every name the enclave lists must
     be one plain name under the directory listed, and nothing is written
     through a symlink in LOCAL: otherwise the whole pull is refused before
     anything is written. Symlinks in the shared folder are not pulled.
@@ -355,18 +362,20 @@ def pull_command(
         try:
             with byte_progress("pull", total, enabled=not app.json) as advance:
 
-                def pulled(item: PullItem, digest: str) -> dict[str, Any]:
+                def pulled(item: PullItem, verified: Verified) -> dict[str, Any]:
                     fetched.append(PulledFile(item.remote, item.size, item.mtime))
                     return {
                         "remote": item.remote,
                         "local": str(item.target.path),
-                        "sha256": digest,
+                        "sha256": verified.sha256,
+                        "check": verified.kind,
                         "size": item.size,
                     }
 
                 def pull_one(item: PullItem) -> list[dict[str, Any]]:
-                    digest = enclave.download(item.remote, item.target, progress=advance)
-                    return [pulled(item, digest)]
+                    return [
+                        pulled(item, enclave.download(item.remote, item.target, progress=advance))
+                    ]
 
                 def pull_directory(listed: str, items: list[PullItem]) -> list[dict[str, Any]]:
                     """The small files listed under ``listed``: one archive, then any it lacked."""
@@ -384,7 +393,11 @@ def pull_command(
                             )
                     except NotFoundError:  # gone since the listing, or a server without archives
                         digests = {}
-                    rows = [pulled(i, digests[i.remote]) for i in items if i.remote in digests]
+                    rows = [
+                        pulled(i, Verified("sha256", digests[i.remote]))
+                        for i in items
+                        if i.remote in digests
+                    ]
                     for item in items:
                         if item.remote not in digests:
                             rows += pull_one(item)

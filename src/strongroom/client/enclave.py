@@ -16,13 +16,16 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from strongroom import errors
-from strongroom._internal.hashing import OverlappedDigest, ring
+from strongroom._internal.integrity import KEY_HEADER, StreamCheck, new_key
+from strongroom._internal.integrity import NAME as CHECK_NAME
 from strongroom.errors import StrongroomError, TamperedError, UnavailableError
 from strongroom.transport.base import Address
 from strongroom.transport.http import ChannelError, HttpClient, Response
@@ -30,12 +33,17 @@ from strongroom.transport.http import ChannelError, HttpClient, Response
 if TYPE_CHECKING:
     import concurrent.futures
 
+    _Check = hashlib._Hash | StreamCheck
+
     from strongroom.client.transfer import LocalTarget
 
 UPLOAD_CHUNK = 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024
-#: Files at least this large are hashed in a thread of their own, overlapping the copy.
-OVERLAP_MIN = 4 * 1024 * 1024
+#: Transfers of more bytes than this are checked with a fresh key, not by their SHA-256
+#: (the enclave answers smaller downloads with their SHA-256 anyway: server/api.py).
+KEYED_CHECK_MIN = 1024 * 1024
+#: Buffers a large download receives into ahead of the thread that writes them.
+WRITE_BEHIND = 4
 #: A run may be silent for a long time; reads wait this long between events.
 RUN_READ_TIMEOUT_S = 24 * 3600.0
 
@@ -163,29 +171,91 @@ def _error_from(response: Response) -> StrongroomError:
     return error
 
 
-Chunks = Generator[memoryview | bytes, None, None]
+@dataclass(frozen=True)
+class Verified:
+    """What both ends of a transfer computed over its bytes, and found equal.
 
-
-def _hashed_chunks(source: BinaryIO) -> tuple[Chunks, Callable[[], str]]:
-    """The chunks of ``source`` to send, and what gives their SHA-256 once they are sent.
-
-    A large file is read into a ring of buffers whose hash runs in its own
-    thread while each is sent (:mod:`strongroom._internal.hashing`); a small
-    one is hashed in line (a thread would cost more than it saves).
+    ``sha256`` for small files (up to :data:`KEYED_CHECK_MIN` bytes): the
+    content's SHA-256. For larger ones the keyed check of
+    :mod:`strongroom._internal.integrity` (``aes-gmac``), which proves the same
+    -- the bytes arrived unchanged, whole and in order -- at a fraction of the
+    cost, but is no content identifier.
     """
-    size = os.fstat(source.fileno()).st_size
-    if size >= OVERLAP_MIN:
-        overlapped = OverlappedDigest()
-        fd = source.fileno()
-        return ring(lambda view: os.readv(fd, [view]), overlapped), overlapped.hexdigest
-    inline = hashlib.sha256()
 
-    def read() -> Chunks:
-        while chunk := source.read(UPLOAD_CHUNK):
-            inline.update(chunk)
-            yield chunk
+    kind: str
+    value: str
 
-    return read(), inline.hexdigest
+    @property
+    def sha256(self) -> str | None:
+        return self.value if self.kind == "sha256" else None
+
+
+def _write_behind(
+    fd: int,
+    fill: Callable[[memoryview], int],
+    check: _Check,
+    progress: Callable[[int], None],
+) -> None:
+    """Receive into a ring of buffers while a thread writes the filled ones to ``fd``.
+
+    Receiving and writing each copy every byte once; in one thread they took
+    turns. A buffer is filled again only once written (the ring is the flow
+    control), so memory stays at :data:`WRITE_BEHIND` buffers.
+    """
+    buffers = [memoryview(bytearray(DOWNLOAD_CHUNK)) for _ in range(WRITE_BEHIND)]
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    for index in range(WRITE_BEHIND):
+        free.put(index)
+    failed: list[OSError] = []
+
+    def write() -> None:
+        while (item := full.get()) is not None:
+            index, n = item
+            if not failed:
+                view = buffers[index][:n]
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError as e:
+                    failed.append(e)
+            free.put(index)
+
+    writer = threading.Thread(target=write, name="download-writer", daemon=True)
+    writer.start()
+    try:
+        while not failed:
+            index = free.get()
+            n = fill(buffers[index])
+            if not n:
+                free.put(index)
+                break
+            check.update(buffers[index][:n])
+            progress(n)
+            full.put((index, n))
+    finally:
+        full.put(None)
+        writer.join()
+    if failed:
+        raise errors.InvalidInputError(f"cannot write the download: {failed[0].strerror}")
+
+
+def _new_check(size: int) -> tuple[_Check, dict[str, str]]:
+    """The check a transfer of ``size`` bytes uses, and the header that asks the enclave for it."""
+    if size > KEYED_CHECK_MIN:
+        key = new_key()
+        return StreamCheck(key), {KEY_HEADER: key.hex()}
+    return hashlib.sha256(), {}
+
+
+def _verified(check: _Check) -> Verified:
+    kind = CHECK_NAME if isinstance(check, StreamCheck) else "sha256"
+    return Verified(kind, check.hexdigest())
+
+
+def _field(verified: Verified) -> str:
+    """Where the enclave's answer to a write carries the value (see server/api.py)."""
+    return "sha256" if verified.kind == "sha256" else "check"
 
 
 class EnclaveClient:
@@ -357,26 +427,33 @@ class EnclaveClient:
 
     # --- whole files (push, pull) ---------------------------------------------
 
-    def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> str:
-        """Send ``local`` to ``remote``; verify the SHA-256 both sides saw; return it.
+    def upload(self, local: Path, remote: str, *, progress: Callable[[int], None]) -> Verified:
+        """Send ``local`` to ``remote``; verify what both sides computed over the bytes.
 
         ``local`` must be a regular file, opened without following a symlink
         (:func:`~.transfer.open_local_file`): push sends what the host named.
+        A file of more than :data:`KEYED_CHECK_MIN` bytes is checked with a
+        fresh key (see :class:`Verified`), a smaller one by its SHA-256.
         """
         from strongroom.client.transfer import open_local_file  # transfers only
 
         source = open_local_file(local)
         try:
             size = os.fstat(source.fileno()).st_size
+            check, headers = _new_check(size)
         except BaseException:
             source.close()
             raise
-        chunks, finish = _hashed_chunks(source)
 
-        def body() -> Iterator[memoryview | bytes]:
-            for chunk in chunks:
-                progress(len(chunk))
-                yield chunk
+        def body() -> Iterator[memoryview]:
+            # one buffer: http.client has sent a piece before it asks for the next
+            buffer = memoryview(bytearray(min(UPLOAD_CHUNK, max(size, 1))))
+            fd = source.fileno()
+            while n := os.readv(fd, [buffer]):
+                piece = buffer[:n]
+                check.update(piece)
+                progress(n)
+                yield piece
 
         try:
             result = self._call(
@@ -385,60 +462,71 @@ class EnclaveClient:
                 params={"path": remote, "truncate": "true"},
                 body=body(),
                 # a known length sends the body as is, not re-framed in chunks
-                headers={"content-length": str(size)},
+                headers={"content-length": str(size), **headers},
             )
         finally:
-            chunks.close()
             source.close()
-        local_digest = finish()
-        if result.get("sha256") != local_digest:
+        verified = _verified(check)
+        if not isinstance(result, dict) or result.get(_field(verified)) != verified.value:
             raise TamperedError(
                 f"{local} arrived altered in the enclave as {remote}",
                 hint="the transfer was corrupted; push it again",
             )
-        return local_digest
+        return verified
 
     def download(
         self, remote: str, local: Path | LocalTarget, *, progress: Callable[[int], None]
-    ) -> str:
+    ) -> Verified:
         """Fetch ``remote`` into ``local`` via a temporary file, renamed once verified.
 
         A :class:`~.transfer.LocalTarget` is written below its root without
         following any symlink there (:func:`~.transfer.write_confined`); a
         plain path is the caller's own choice of file. A small file comes with
-        its SHA-256; for a large one the enclave hashes its copy on a second
-        connection while the bytes stream on the first.
+        its SHA-256; for a large one the enclave computes the keyed check of its
+        copy (:class:`Verified`) on a second connection while the bytes stream
+        on the first.
         """
         from strongroom.client.transfer import LocalTarget, write_confined  # transfers only
 
         target = local if isinstance(local, LocalTarget) else LocalTarget.of(local)
-        remote_digest: concurrent.futures.Future[str] | None = None
         with self._content(remote) as response:
             expected = response.header("x-sha256")
+            if expected is None:
+                key = new_key()
+                check: _Check = StreamCheck(key)
+                theirs = _background().submit(self._keyed_checksum, remote, key)
+            else:
+                check = hashlib.sha256()
             with write_confined(target) as f:
-                if expected is None:
-                    # a large file: the enclave hashes its copy on a second connection,
-                    # and this side hashes each buffer in a thread while it is written
-                    remote_digest = _background().submit(self.checksum, remote)
-                    overlapped = OverlappedDigest()
-                    for chunk in ring(response.readinto, overlapped):
-                        f.write(chunk)
-                        progress(len(chunk))
-                    local_digest = overlapped.hexdigest()
-                    expected = remote_digest.result()
+                if expected is None:  # large: written by a thread while the next bytes come
+                    _write_behind(f.fileno(), response.readinto, check, progress)
                 else:
-                    digest = hashlib.sha256()
                     buffer = memoryview(bytearray(DOWNLOAD_CHUNK))
                     while n := response.readinto(buffer):
                         chunk = buffer[:n]
                         f.write(chunk)
-                        digest.update(chunk)
+                        check.update(chunk)
                         progress(n)
-                    local_digest = digest.hexdigest()
                 f.flush()
-                if expected != local_digest:
+                verified = _verified(check)
+                if expected is None:
+                    expected = theirs.result()
+                if expected != verified.value:
                     raise TamperedError(f"{remote} arrived altered", hint="pull it again")
-        return local_digest
+        return verified
+
+    def _keyed_checksum(self, remote: str, key: bytes) -> str:
+        """The enclave's keyed check of ``remote`` (see :mod:`strongroom._internal.integrity`)."""
+        result = self._call(
+            "GET", "/v1/files/checksum", params={"path": remote}, headers={KEY_HEADER: key.hex()}
+        )
+        value = result.get("check") if isinstance(result, dict) else None
+        if not isinstance(value, str):
+            raise errors.InvalidInputError(
+                f"the enclave answered no keyed check of {remote}",
+                hint="is the enclave image older than this client? rebuild it",
+            )
+        return value
 
     @contextlib.contextmanager
     def _content(self, remote: str) -> Iterator[Response]:

@@ -71,6 +71,9 @@ RUNTIME_DISTRIBUTIONS: tuple[str, ...] = (
     "httpx",
     "httpcore",
     "h11",
+    # the enclave API's HTTP parser (server/__main__.py): a large upload costs the
+    # event loop about half what h11 costs, which push's target needs
+    "httptools",
     "anyio",
     "idna",
     "sniffio",

@@ -9,8 +9,12 @@ Files (all paths are inside the shared folder; see :mod:`strongroom.server.files
 ``PUT    /v1/files/content?path=``  write a streamed body (``offset``, ``truncate``,
                                     ``create``); a whole-file write lands in a
                                     temporary name and is renamed into place only
-                                    when complete; answers ``{size, sha256}``
-``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks
+                                    when complete; answers ``{size, sha256}``, or
+                                    ``{size, check}`` when an ``x-check-key``
+                                    header asks for the keyed check of large
+                                    transfers (:mod:`strongroom._internal.integrity`)
+``GET    /v1/files/checksum?path=`` SHA-256 of a file, for end-to-end checks (or,
+                                    with ``x-check-key``, its keyed check)
 ``POST   /v1/files/archive?path=``  extract a streamed tar under the directory
                                     (created if missing): regular files and
                                     directories only, each file renamed into place
@@ -65,6 +69,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from strongroom._internal.integrity import KEY_HEADER, StreamCheck, parse_key
 from strongroom.errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -87,6 +92,8 @@ WRITE_BATCH = 1024 * 1024
 WRITE_BATCH_CHUNKS = 256
 #: ...with at most this many batches queued for the writer thread.
 WRITE_QUEUE = 8
+#: Chunks a large download reads ahead of what the socket has taken.
+READ_AHEAD = 4
 #: Files up to this size are read whole and answered with their SHA-256.
 SMALL_FILE = 1024 * 1024
 MAX_ARGS = 256
@@ -343,7 +350,7 @@ class FilesApi:
         body = chunks(fd, offset, sending)
         headers = {"x-file-size": str(size), "content-length": str(sending)}
         return StreamingResponse(
-            _iterate_in_thread(body), media_type="application/octet-stream", headers=headers
+            _prefetched(body), media_type="application/octet-stream", headers=headers
         )
 
     async def write(self, request: Request) -> Response:
@@ -359,8 +366,9 @@ class FilesApi:
         # so an interrupted upload never leaves a truncated file under its final name
         if not whole:
             return await self._write_in_place(request, path, parts, offset, truncate, create)
+        key = _check_key(request)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) <= SMALL_FILE:
+        if key is None and declared.isdigit() and int(declared) <= SMALL_FILE:
             # a small whole file: read it here, then one thread hop checks, writes
             # it under its temporary name and renames it (no writer thread)
             data = await request.body()
@@ -383,7 +391,7 @@ class FilesApi:
             self.temporaries.done(target)
             raise
         try:
-            written, digest = await _receive(request, _FileWriter(fd, offset))
+            written, digest = await _receive(request, _FileWriter(fd, offset, key))
             await run_in_threadpool(self.shared.rename, target, path)
         except BaseException:
             # shielded: a cancelled request (the client is gone) must still clean up
@@ -391,7 +399,7 @@ class FilesApi:
                 await run_in_threadpool(self.temporaries.discard, self.shared, target)
             raise
         self.temporaries.done(target)
-        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
+        return JSONResponse(_written("/" + "/".join(parts), written, digest, key))
 
     def _before_upload(self, path: str) -> None:
         self.temporaries.sweep(self.shared)
@@ -407,11 +415,12 @@ class FilesApi:
         create: bool,
     ) -> Response:
         """A partial write (at an offset, or into an existing file): no temporary."""
+        key = _check_key(request)
         fd = await run_in_threadpool(
             self.shared.open_write, path, create=create, truncate=truncate, exclusive=False
         )
-        written, digest = await _receive(request, _FileWriter(fd, offset))
-        return JSONResponse({"path": "/" + "/".join(parts), "size": written, "sha256": digest})
+        written, digest = await _receive(request, _FileWriter(fd, offset, key))
+        return JSONResponse(_written("/" + "/".join(parts), written, digest, key))
 
     async def write_archive(self, request: Request) -> Response:
         """``POST /v1/files/archive?path=DIR``: extract a streamed tar (see :mod:`.archive`)."""
@@ -456,14 +465,16 @@ class FilesApi:
 
     async def checksum(self, request: Request) -> Response:
         path = _path(request)
+        key = _check_key(request)
 
         def compute() -> str:
-            digest = hashlib.sha256()
+            digest = hashlib.sha256() if key is None else StreamCheck(key)
             for chunk in self.shared.read(path):
                 digest.update(chunk)
             return digest.hexdigest()
 
-        return JSONResponse({"path": path, "sha256": await run_in_threadpool(compute)})
+        field = "sha256" if key is None else "check"
+        return JSONResponse({"path": path, field: await run_in_threadpool(compute)})
 
     async def mkdir(self, request: Request) -> Response:
         body = await _json_body(request, MkdirBody)
@@ -582,11 +593,13 @@ class _FileWriter:
     instead of filling memory. The writer owns ``fd`` and closes it.
     """
 
-    def __init__(self, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, offset: int, key: bytes | None = None) -> None:
         self._fd = fd
         self._offset = offset
         self._written = 0
-        self._digest = hashlib.sha256()
+        self._digest: hashlib._Hash | StreamCheck = (
+            hashlib.sha256() if key is None else StreamCheck(key)
+        )
         self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="upload-writer", daemon=True)
@@ -692,6 +705,23 @@ def _put_unless(body: archive.BodyStream, chunk: bytes | None, extraction: _Extr
             continue
 
 
+def _check_key(request: Request) -> bytes | None:
+    """The key of a keyed stream check, when the client asks for one (see
+    :mod:`strongroom._internal.integrity`); None: the check is the SHA-256."""
+    text = request.headers.get(KEY_HEADER)
+    if text is None:
+        return None
+    key = parse_key(text)
+    if key is None:
+        raise InvalidInputError(f"{KEY_HEADER} must be {2 * 16} lower-case hex digits")
+    return key
+
+
+def _written(path: str, size: int, digest: str, key: bytes | None) -> dict[str, object]:
+    """The answer to a write: the bytes' SHA-256, or their keyed check if one was asked for."""
+    return {"path": path, "size": size, "sha256" if key is None else "check": digest}
+
+
 def _open_sized(
     shared: SharedFolder, path: str, offset: int, length: int | None
 ) -> tuple[int, int, bytes | None]:
@@ -758,6 +788,59 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+async def _prefetched(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """A large download's chunks, read ahead by a thread while the loop sends the last ones.
+
+    Reading each chunk only once the one before had been sent made disk and
+    socket take turns (a thread hop and a read per MiB in the gap); with a
+    bounded queue of :data:`READ_AHEAD` chunks they overlap, and memory stays
+    bounded. The thread ends, closing the file, when the download ends or
+    the client goes away.
+    """
+    ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=READ_AHEAD)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: bytes | BaseException | None = None
+        except BaseException as e:  # handed to the loop, raised there
+            item = e
+        finally:
+            chunks.close()
+        with contextlib.suppress(queue.Full):
+            ahead.put(item, timeout=1.0)
+
+    try:
+        thread = threading.Thread(target=read, name="download-reader", daemon=True)
+        thread.start()
+    except RuntimeError:  # no thread to be had (the enclave's process limit): read in line
+        async for chunk in _iterate_in_thread(chunks):
+            yield chunk
+        return
+    try:
+        while True:
+            try:
+                item = ahead.get_nowait()
+            except queue.Empty:
+                item = await run_in_threadpool(ahead.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 async def _iterate_in_thread(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import strongroom
+from strongroom._internal.integrity import KEY_HEADER
 from strongroom.server.api import (
     ChmodBody,
     FsyncBody,
@@ -56,6 +57,15 @@ _ARCHIVE_ENTRY = {
         "size": {"type": "integer"},
         "sha256": {"type": "string"},
     },
+}
+_CHECK_KEY = {
+    "name": KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "a fresh 128-bit key (32 lower-case hex digits): the answer carries the "
+    "keyed AES-GMAC check of the bytes (per 1 MiB piece, see "
+    "strongroom._internal.integrity) instead of their SHA-256",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
 }
 _PATH_PARAM = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
 
@@ -203,7 +213,8 @@ def document() -> dict[str, Any]:
                         "properties": {
                             "path": {"type": "string"},
                             "size": {"type": "integer"},
-                            "sha256": {"type": "string"},
+                            "sha256": {"type": "string", "description": "without x-check-key"},
+                            "check": {"type": "string", "description": "with x-check-key"},
                         },
                     }
                 ),
@@ -212,6 +223,7 @@ def document() -> dict[str, Any]:
                     _query("offset", "integer"),
                     _query("truncate", "boolean"),
                     _query("create", "boolean"),
+                    _CHECK_KEY,
                 ],
                 requestBody={
                     "required": True,
@@ -224,7 +236,11 @@ def document() -> dict[str, Any]:
             ),
         },
         "/v1/files/checksum": {
-            "get": _op("SHA-256 of a file", _json({"type": "object"}), parameters=[_PATH_PARAM])
+            "get": _op(
+                "SHA-256 of a file (sha256), or with x-check-key its keyed check (check)",
+                _json({"type": "object"}),
+                parameters=[_PATH_PARAM, _CHECK_KEY],
+            )
         },
         "/v1/files/archive": {
             "post": _op(
