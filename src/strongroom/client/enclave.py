@@ -381,22 +381,20 @@ class EnclaveClient:
     def write_at(self, path: str, offset: int, data: bytes, *, create: bool = False) -> None:
         """Write ``data`` into ``path`` at ``offset``, in place; verify what arrived."""
         params = {"path": path, "offset": str(offset), "create": str(create).lower()}
-        result = self._call("PUT", "/v1/files/content", params=params, body=data)
-        if (
-            result.get("size") != len(data)
-            or result.get("sha256") != hashlib.sha256(data).hexdigest()
-        ):
-            raise TamperedError(f"a write to {path} arrived altered", hint="write it again")
+        self._put_checked(path, params, data)
 
     def put_file(self, path: str, data: bytes) -> None:
         """A whole file ``data`` at ``path``, replacing any there atomically; verified."""
-        params = {"path": path, "truncate": "true"}
-        result = self._call("PUT", "/v1/files/content", params=params, body=data)
-        if (
-            result.get("size") != len(data)
-            or result.get("sha256") != hashlib.sha256(data).hexdigest()
-        ):
-            raise TamperedError(f"{path} arrived altered", hint="write it again")
+        self._put_checked(path, {"path": path, "truncate": "true"}, data)
+
+    def _put_checked(self, path: str, params: dict[str, str], data: bytes) -> None:
+        """PUT ``data`` with the check its size calls for (:func:`_new_check`), compared."""
+        check, headers = _new_check(len(data))
+        check.update(data)
+        verified = _verified(check)
+        result = self._call("PUT", "/v1/files/content", params=params, body=data, headers=headers)
+        if result.get("size") != len(data) or result.get(_field(verified)) != verified.value:
+            raise TamperedError(f"a write to {path} arrived altered", hint="write it again")
 
     def rename(self, source: str, destination: str) -> None:
         self._call("POST", "/v1/files/rename", json={"source": source, "destination": destination})

@@ -785,10 +785,9 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
             path, times=_resolved(wanted, waiting.times or (now, now))
         ):
             return
-        for handle in self._open_handles(path):
-            if handle.path == path:
-                self._settle(handle)  # a later write would move mtime again
-        self._writeback.drain(path)
+        # what is still to land at or below it first: a later write would move its
+        # mtime again (a file landing in a directory moves the directory's)
+        self._settle_below(path)
         current = (0.0, 0.0)
         if "omit" in wanted:
             entry = self._entry(path)
