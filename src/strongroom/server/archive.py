@@ -43,7 +43,6 @@ import errno
 import hashlib
 import io
 import os
-import stat
 import tarfile
 from collections.abc import Callable, Generator
 from typing import IO, Any, Protocol, cast
@@ -62,9 +61,8 @@ from strongroom.server.files import (
     MAX_PATH,
     FileStat,
     SharedFolder,
-    _refuse_special,
-    _special,
     _translate,
+    refuse_existing,
     split_path,
 )
 
@@ -242,22 +240,6 @@ def _write_member(
     return digest.hexdigest()
 
 
-def _refuse_existing(dir_fd: int, name: str, path: str, *, directory: bool) -> None:
-    """Refuse to replace a FIFO, socket or device, a directory by a file, a file by a directory."""
-    try:
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise _translate(e, path) from e
-    if (kind := _special(mode)) is not None:
-        raise _refuse_special(path, kind)
-    if stat.S_ISDIR(mode) and not directory:
-        raise UsageError(f"{path}: is a directory")
-    if directory and not stat.S_ISDIR(mode):
-        raise UsageError(f"{path}: exists and is not a directory")
-
-
 def extract(
     shared: SharedFolder, temporaries: Registry, directory: str, body: io.RawIOBase
 ) -> list[dict[str, object]]:
@@ -285,13 +267,13 @@ def extract(
                 path = "/" + "/".join(parts)
                 if member.isdir():
                     parent = dirs.open(parts[:-1])
-                    _refuse_existing(parent, parts[-1], path, directory=True)
+                    refuse_existing(parent, parts[-1], path, directory=True)
                     dirs.open(parts)
                     directories.append((parts, member.mode & 0o777, member.mtime))
                     done += 1
                     continue
                 parent = dirs.open(parts[:-1])
-                _refuse_existing(parent, parts[-1], path, directory=False)
+                refuse_existing(parent, parts[-1], path, directory=False)
                 _check_space(parent, member.size, path)
                 data = tar.extractfile(member)
                 if data is None:  # not a regular file (checked above)

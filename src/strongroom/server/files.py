@@ -313,16 +313,7 @@ class SharedFolder:
         the upload, because ``path`` is a directory.
         """
         with self._parent(path) as (fd, name):
-            try:
-                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                return
-            except OSError as e:
-                raise _translate(e, path) from e
-        if (kind := _special(mode)) is not None:
-            raise _refuse_special(path, kind)
-        if stat.S_ISDIR(mode):
-            raise _with_errno(UsageError(f"{path}: is a directory"), "EISDIR")
+            refuse_existing(fd, name, path, directory=False)
 
     def mkdir(self, path: str, *, parents: bool = False) -> None:
         parts = split_path(path)
@@ -445,6 +436,22 @@ class SharedFolder:
     def host_path(self, path: str) -> Path:
         """The real path of a shared-folder path *inside the enclave* (for app arguments)."""
         return self.root.joinpath(*split_path(path))
+
+
+def refuse_existing(dir_fd: int, name: str, path: str, *, directory: bool) -> None:
+    """Refuse to replace a FIFO, socket or device, a directory by a file, a file by a directory."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _translate(e, path) from e
+    if (kind := _special(mode)) is not None:
+        raise _refuse_special(path, kind)
+    if stat.S_ISDIR(mode) and not directory:
+        raise _with_errno(UsageError(f"{path}: is a directory"), "EISDIR")
+    if directory and not stat.S_ISDIR(mode):
+        raise _with_errno(UsageError(f"{path}: exists and is not a directory"), "ENOTDIR")
 
 
 def contained_target(path: str, target: str) -> str:
