@@ -11,18 +11,25 @@ Each operation the kernel asks for becomes Files API requests on one
   at a time) and sent as one request per :data:`WRITE_BLOCK`, the next block
   filling while the last is on its way. A new file is not made in the enclave
   until it has content or is closed, and then in one whole-file request (which
-  lands atomically), so small files cost one request, not three.
+  lands atomically); a small one, once closed, waits in the write-back
+  (:mod:`.writeback`) and goes with others in one archive request. A
+  directory whose whole listing we hold answers lookups of new names itself.
 - **Reads** running on are fetched :data:`READ_BLOCK` at a time, the next
   :data:`READ_AHEAD` blocks in the background while the kernel takes the
   current one.
 - ``close`` sends what is buffered and reports its failure; ``fsync`` also
   asks the enclave to flush the file. Nothing is fsynced on close unless asked.
 
+- ``fsync`` of a directory makes the mount and the enclave agree below it:
+  what waits is sent, what is cached here and in the kernel is dropped
+  (``strongroom run`` does it before and after the app).
+
 Failures: a request fails after :data:`REQUEST_TIMEOUT_S`; a heartbeat checks
 every :data:`HEARTBEAT_S` that the enclave still answers *and is the same
 start of it* (its identity key). Once it does not, every operation fails
 with ``ENOTCONN`` at once, never hangs, and never reaches a restarted
-enclave that happens to reuse the socket.
+enclave that happens to reuse the socket. A request that fails while the
+enclave still answers as itself fails only its own operation (``EIO``).
 """
 
 from __future__ import annotations
