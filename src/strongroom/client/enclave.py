@@ -342,16 +342,7 @@ class EnclaveClient:
 
         Enough to read a sealed package's header without fetching the package.
         """
-        params: dict[str, str | int] = {"path": path, "offset": 0, "length": length}
-        with self._channel(), self._http.request("GET", "/v1/files/content", params=params) as r:
-            if r.status >= 400:
-                raise _error_from(r)
-            content = r.read()
-        if len(content) > length:
-            raise errors.InvalidInputError(
-                f"the enclave answered {len(content)} bytes of {path} for {length} asked"
-            )
-        return content
+        return bytes(self.read_range(path, 0, length))
 
     # --- POSIX operations, one request each (the mount, :mod:`strongroom.client.mount`) ---
 

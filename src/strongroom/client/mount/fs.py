@@ -547,15 +547,22 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
             handle.sending.append(self._pool.submit(self.client.write_at, handle.path, at, data))
 
     def _materialise(self, handle: _Handle, data: bytes) -> None:
-        path = handle.path
-        self.client.put_file(path, data)
+        # not new any more, whatever happens: a failure is this write's to report,
+        # and a retry must not make an empty file of what was taken from the buffer
         handle.new = False
-        if handle.mode != _DEFAULT_FILE_MODE:
-            self.client.chmod(path, handle.mode)
-        if handle.times is not None:
-            self.client.set_times(path, *handle.times)
-        mtime = handle.times[1] if handle.times else time.time()
-        self._known(RemoteEntry(path, "file", len(data), handle.mode, mtime))
+        self._put_whole(handle.path, data, handle.mode, handle.times)
+
+    def _put_whole(
+        self, path: str, data: bytes, mode: int, times: tuple[float, float] | None
+    ) -> None:
+        """A whole new file with its mode and times, one request for each that differs."""
+        self.client.put_file(path, data)
+        if mode != _DEFAULT_FILE_MODE:
+            self.client.chmod(path, mode)
+        if times is not None:
+            self.client.set_times(path, *times)
+        mtime = times[1] if times else time.time()
+        self._known(RemoteEntry(path, "file", len(data), mode, mtime))
 
     def _report(self, handle: _Handle) -> None:
         """Raise (once) the failure of a write that was sent in the background."""
@@ -646,11 +653,7 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
 
     def _upload_one(self, pending: Pending) -> StrongroomError | None:
         try:
-            self.client.put_file(pending.path, pending.data)
-            if pending.mode != _DEFAULT_FILE_MODE:
-                self.client.chmod(pending.path, pending.mode)
-            if pending.times is not None:
-                self.client.set_times(pending.path, *pending.times)
+            self._put_whole(pending.path, pending.data, pending.mode, pending.times)
         except StrongroomError as e:
             return e
         return None
