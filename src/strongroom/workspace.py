@@ -6,7 +6,9 @@ or ``--home``) holding:
 - ``config.toml`` — target, region, key-service endpoint, identities (no secrets);
   on the aws target, optionally ``[aws] run_role_arn``: the IAM role the host
   assumes (with a session policy allowing only ``kms:Decrypt`` on the
-  package's key) to make each run's short-lived credentials;
+  package's key) to make each run's short-lived credentials; optionally
+  ``[storage] backend = "local" | "s3"``: where ``share``, ``publish`` and
+  ``fetch`` keep shares [default: ``local`` on the local target, ``s3`` on aws];
 - ``identities/<name>.secret`` — the secret access key of each identity (0600);
 - ``keys/`` — the local key store (key material 0600);
 - ``audit.log`` — the key service's audit trail (JSON lines);
@@ -66,6 +68,8 @@ class Config:
     #: aws target: the role `run` assumes for its scoped session credentials (``[aws]
     #: run_role_arn``); None: GetFederationToken with the host's IAM-user credentials
     aws_run_role_arn: str | None = None
+    #: ``[storage] backend``: "local" or "s3"; None: the target's default
+    storage_backend: Literal["local", "s3"] | None = None
 
 
 class Workspace:
@@ -158,6 +162,7 @@ class Workspace:
                 identities=raw["identities"],
                 trust=tuple(raw["keys"].get("trust", ["local"])),
                 aws_run_role_arn=_role_arn(raw.get("aws", {}).get("run_role_arn")),
+                storage_backend=_storage_backend(raw.get("storage")),
             )
         except (
             OSError,
@@ -223,6 +228,33 @@ def _role_arn(value: object) -> str | None:
     if not isinstance(value, str) or not _ROLE_ARN.fullmatch(value):
         raise ValueError(f"[aws] run_role_arn must be an IAM role ARN, not {value!r}")
     return value
+
+
+#: What ``[storage]`` may hold, and the backends ``backend`` may name.
+STORAGE_KEYS = ("backend",)
+STORAGE_BACKENDS = ("local", "s3")
+
+
+def _storage_backend(table: object) -> Literal["local", "s3"] | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ValueError("[storage] must be a table")
+    unknown = sorted(set(table) - set(STORAGE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"[storage] has unknown key(s) {', '.join(unknown)} (known: {', '.join(STORAGE_KEYS)})"
+        )
+    backend = table.get("backend")
+    if backend is None:
+        return None
+    if backend == "local":
+        return "local"
+    if backend == "s3":
+        return "s3"
+    raise ValueError(
+        f"[storage] backend must be one of {', '.join(STORAGE_BACKENDS)}, not {backend!r}"
+    )
 
 
 def _new_account_id(avoid: set[str]) -> str:

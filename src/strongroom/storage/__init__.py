@@ -28,4 +28,20 @@ Invariants:
 - A fetched file reaches its destination only after its size, SHA-256 and (for
   an image) its measurements matched the index; otherwise nothing is left.
 - No boto3 or OS exception leaves a backend: each is translated at the edge.
+
+Commands open their backend with :func:`open_storage` (:mod:`.backends`: which
+backend, and who the caller is); :mod:`.transfer` publishes and fetches.
 """
+
+from typing import TYPE_CHECKING
+
+from strongroom._internal.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from strongroom.storage.backends import choose_backend, open_storage, resolve_share
+
+__getattr__ = lazy_attributes(
+    __name__, dict.fromkeys(("choose_backend", "open_storage", "resolve_share"), "backends")
+)
+
+__all__ = ["choose_backend", "open_storage", "resolve_share"]

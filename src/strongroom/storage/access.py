@@ -74,3 +74,98 @@ def decide(policy: dict[str, Any], owner_account: str, request: RequestContext) 
         None,
         "the bucket owner's own account, and no statement denies it",
     )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One question asked of a share's bucket policy, and its answer (``share show``)."""
+
+    who: str
+    request: str
+    decision: Decision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "who": self.who,
+            "request": self.request,
+            "allowed": self.decision.allowed,
+            "statement": self.decision.statement_sid,
+            "reason": self.decision.reason,
+        }
+
+
+def grants(
+    policy: dict[str, Any], owner_account: str, bucket: str, vendor_account: str
+) -> list[Grant]:
+    """What ``policy`` lets the vendor, the host and anyone else do, in words.
+
+    Not read off the statements but decided, request by request, by
+    :func:`decide`: what it says is what the local backend enforces, and what
+    S3 decides for the same requests (the host's IAM aside).
+    """
+    from strongroom.storage.policies import SSE_ALGORITHM, VENDOR_ACL
+
+    other_account = next(
+        a for a in ("111111111111", "222222222222", "333333333333")
+        if a not in (owner_account, vendor_account)
+    )  # fmt: skip
+    vendor = Caller(vendor_account, f"arn:aws:iam::{vendor_account}:root")
+    host = Caller(owner_account, f"arn:aws:iam::{owner_account}:root")
+    other = Caller(other_account, f"arn:aws:iam::{other_account}:root")
+    key = "app.sealed"
+    asked: list[tuple[str, str, RequestContext]] = [
+        (
+            f"vendor {vendor_account}",
+            f"put an object (SSE {SSE_ALGORITHM}, ACL {VENDOR_ACL}, HTTPS)",
+            s3_request(
+                "s3:PutObject", bucket, vendor, key=key, encryption=SSE_ALGORITHM, acl=VENDOR_ACL
+            ),
+        ),
+        (
+            f"vendor {vendor_account}",
+            "put an object without encryption",
+            s3_request("s3:PutObject", bucket, vendor, key=key, acl=VENDOR_ACL),
+        ),
+        (
+            f"vendor {vendor_account}",
+            "put an object encrypted with AES256 (not KMS)",
+            s3_request(
+                "s3:PutObject", bucket, vendor, key=key, encryption="AES256", acl=VENDOR_ACL
+            ),
+        ),
+        (
+            f"vendor {vendor_account}",
+            f"put an object without the {VENDOR_ACL} ACL",
+            s3_request("s3:PutObject", bucket, vendor, key=key, encryption=SSE_ALGORITHM),
+        ),
+        (
+            f"vendor {vendor_account}",
+            "read an object",
+            s3_request("s3:GetObject", bucket, vendor, key=key),
+        ),
+        (f"vendor {vendor_account}", "list the share", s3_request("s3:ListBucket", bucket, vendor)),
+        (
+            f"vendor {vendor_account}",
+            "change the bucket policy",
+            s3_request("s3:PutBucketPolicy", bucket, vendor),
+        ),
+        (
+            f"host {owner_account}",
+            "read an object",
+            s3_request("s3:GetObject", bucket, host, key=key),
+        ),
+        (f"host {owner_account}", "list the share", s3_request("s3:ListBucket", bucket, host)),
+        (
+            f"host {owner_account}",
+            "read an object over plain HTTP",
+            s3_request("s3:GetObject", bucket, host, key=key, secure_transport=False),
+        ),
+        (
+            f"another account ({other_account})",
+            f"put an object (SSE {SSE_ALGORITHM}, ACL {VENDOR_ACL}, HTTPS)",
+            s3_request(
+                "s3:PutObject", bucket, other, key=key, encryption=SSE_ALGORITHM, acl=VENDOR_ACL
+            ),
+        ),
+    ]
+    return [Grant(who, request, decide(policy, owner_account, ctx)) for who, request, ctx in asked]

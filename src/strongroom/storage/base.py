@@ -154,6 +154,20 @@ class Storage(Protocol):
 
     backend: str
 
+    @property
+    def account_id(self) -> str:
+        """The account whose credentials the backend was opened with (S3: STS says)."""
+        ...
+
+    def share_names(self, vendor: str) -> ShareNames:
+        """The names ``vendor``'s share has in the caller's account and region.
+
+        ``share create``, ``show``, ``revoke``... name a share by its vendor:
+        the bucket is this share's, in the account and region the backend
+        acts in (the host's, when the host admin runs them).
+        """
+        ...
+
     # --- the host admin ---------------------------------------------------
 
     def create_share(self, names: ShareNames, vendor_account: str) -> Share: ...
