@@ -30,10 +30,15 @@ from strongroom.errors import StrongroomError
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-#: The host operator's run of the sealed classifier (runbook 4.5).
+#: Where the host operator fetches the vendor's files from the share (runbook 4.1).
+FETCHED = "fetched"
+#: The share the host admin creates for the demo's vendor (runbook 1.1).
+SHARE_VENDOR = "demo"
+
+#: The host operator's run of the sealed classifier it fetched (runbook 4.5).
 RUN_CLASSIFIER = (
     "run",
-    "classifier.sealed",
+    f"{FETCHED}/classifier.sealed",
     "--entry",
     "main.py",
     "--",
@@ -116,13 +121,17 @@ def demo_command(app: AppContext, keep: bool) -> None:
     """Run the whole runbook locally, in a scratch workspace, in one command.
 
     \b
-    Vendor: a key, an enclave image approved in the key policy, a sealed app
-    (a digits classifier whose weights are the vendor's secret). Host: the
-    enclave, the egress proxy, the shared folder mounted (push/pull where
-    there is no FUSE), the dataset copied in, the sealed app run, the
-    results read back; the host cannot unseal the app itself; after the
-    vendor revokes the image, the next run is denied. Every step prints the
-    command it runs. Your own workspace is untouched; nothing is left running.
+    Host admin: a share for the vendor. Vendor: a key, an enclave image
+    approved in the key policy, a sealed app (a digits classifier whose
+    weights are the vendor's secret), both published into the share. Host:
+    both fetched from the share and checked against the vendor's index, the
+    enclave started from the fetched image, the egress proxy, the shared
+    folder mounted (push/pull where there is no FUSE), the dataset copied
+    in, the fetched app run, the results read back; the host cannot unseal
+    the app itself; after the vendor revokes the image, the next run is
+    denied; after the host revokes the share, the vendor's next publish is
+    refused. Every step prints the command it runs. Your own workspace is
+    untouched; nothing is left running.
 
     \b
     Example:
@@ -168,7 +177,7 @@ def _through_the_synced_folder(demo: Demo, dataset: Path) -> Any:
     demo.step("Copy the dataset and the sealed app in, as into any folder")
     demo.shell("mkdir", "-p", "synced/dataset", "synced/encrypted", "synced/output")
     demo.shell("cp", str(dataset), "synced/dataset/")
-    demo.shell("cp", "classifier.sealed", "synced/encrypted/")
+    demo.shell("cp", f"{FETCHED}/classifier.sealed", "synced/encrypted/")
     demo.step("Run the sealed app on it (live output; the app never leaves the enclave)")
     demo.cli(*RUN_FROM_FOLDER, live=True)
     demo.step("Read the results where the app wrote them")
@@ -186,13 +195,21 @@ def _run(demo: Demo) -> None:
     app_dir = EXAMPLES / "classifier"
     dataset = EXAMPLES / "host-dataset" / "digits.csv"
 
-    demo.section("1. Host admin: workspace and key service")
+    demo.section("1. Host admin: workspace, key service, the vendor's share")
     demo.step("Create the workspace: a host and a vendor identity, the local CA")
     demo.cli("init")
     demo.step("Start the KMS-compatible key service")
     demo.cli("keys", "serve", "--detach")
+    demo.step(
+        "Create the vendor's share (runbook 1.1): the vendor's account may put files "
+        "into it, and neither read nor list them"
+    )
+    from strongroom.workspace import Workspace
 
-    demo.section("2. Vendor: key, enclave image, sealed app")
+    vendor_account = Workspace.locate(demo.home).config.identities["vendor"]["account_id"]
+    demo.cli("share", "create", SHARE_VENDOR, "--vendor-account", vendor_account)
+
+    demo.section("2. Vendor: key, enclave image, sealed app, published to the share")
     demo.step("Create the vendor's key")
     demo.cli("keys", "create", "--alias", "classifier", "--description", "demo classifier")
     demo.step(
@@ -224,15 +241,26 @@ def _run(demo: Demo) -> None:
         "-o",
         "classifier.sealed",
     )
+    demo.step(
+        "Publish the sealed app and the image into the host's share (runbook 2.3.1, "
+        "2.3.2), with an index of their checksums and the image's measurements"
+    )
+    demo.cli("publish", "--share", SHARE_VENDOR, "classifier.sealed", "classifier.eif")
 
-    demo.section("3. Host operator: enclave, proxy, data, run")
-    demo.step("Start the enclave from the vendor's image")
-    demo.cli("enclave", "start", "classifier.eif", "--memory", "1024", show=False)
+    demo.section("3. Host operator: fetch, enclave, proxy, data, run")
+    demo.step(
+        "Fetch them from the share (runbook 4.1): each is checked against the vendor's "
+        "index (size, SHA-256, the image's measurements) before it is kept"
+    )
+    demo.cli("fetch", "--share", SHARE_VENDOR, "-o", FETCHED)
+    image = f"{FETCHED}/classifier.eif"
+    demo.step("Start the enclave from the fetched image")
+    demo.cli("enclave", "start", image, "--memory", "1024", show=False)
     demo.cli("enclave", "status")
     demo.step("Start the egress proxy (the enclave may reach the key service only)")
     demo.cli("proxy", "start")
     demo.step("Check what the enclave runs: its attestation, verified against the image")
-    demo.cli("attest", "--image", "classifier.eif")
+    demo.cli("attest", "--image", image)
     if _fuse_available():
         metrics = _through_the_synced_folder(demo, dataset)
     else:
@@ -247,12 +275,12 @@ def _run(demo: Demo) -> None:
 
     demo.section("4. What the host cannot do")
     demo.step("Unseal the vendor's app outside an enclave, as the host")
-    demo.cli("unseal", "classifier.sealed", "-o", "stolen", "--as", "host", expect=5)
+    demo.cli("unseal", RUN_CLASSIFIER[1], "-o", "stolen", "--as", "host", expect=5)
     demo.step("See what the host may ask of the app (its sealed manifest), never its files")
-    demo.cli("inspect", "classifier.sealed")
+    demo.cli("inspect", RUN_CLASSIFIER[1])
     demo.step("Inject code into the vendor's run through its environment")
     demo.cli(
-        "run", "classifier.sealed", "--env", "LD_PRELOAD=/dataset/evil.so", "--", "--help",
+        "run", RUN_CLASSIFIER[1], "--env", "LD_PRELOAD=/dataset/evil.so", "--", "--help",
         expect=2,
     )  # fmt: skip
     demo.step("Run an app of the host's own in the vendor's image")
@@ -260,7 +288,7 @@ def _run(demo: Demo) -> None:
     host_app.mkdir(exist_ok=True)
     (host_app / "main.py").write_text("print('host code')\n")
     demo.cli("keys", "create", "--alias", "host-app", "--as", "host", show=False)
-    demo.cli("image", "approve", "classifier.eif", "--key", "alias/host-app", "--as", "host")
+    demo.cli("image", "approve", image, "--key", "alias/host-app", "--as", "host")
     demo.cli("seal", "host-app", "--key", "alias/host-app", "--as", "host", "-o", "host.sealed")
     demo.cli("run", "host.sealed", "--entry", "main.py", expect=5)
 
@@ -279,6 +307,11 @@ def _run(demo: Demo) -> None:
                 f"      Decrypt  {who:<18} {event['outcome']:<8} "
                 f"{event.get('statement') or '':<32} {image}"
             )
+
+    demo.step("The host revokes the vendor's access to the share (runbook 6.1); the files stay")
+    demo.cli("share", "revoke", SHARE_VENDOR)
+    demo.step("The vendor's next publish is refused by the share's bucket policy")
+    demo.cli("publish", "--share", SHARE_VENDOR, "classifier.sealed", expect=5)
 
     demo.section("6. Clean up")
     demo.step("Stop the enclave, the proxy and the key service")

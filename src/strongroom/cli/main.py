@@ -40,6 +40,9 @@ COMMANDS = {
     "sync": "mount:sync_command",
     "run": "client:run_command",
     "attest": "client:attest_command",
+    "share": "share:share_group",
+    "publish": "share:publish_command",
+    "fetch": "share:fetch_command",
     "demo": "demo:demo_command",
     "completion": "completion:completion_command",
 }
@@ -92,8 +95,9 @@ def _accept_json(command: click.Command, path: str) -> None:
 HELP = """Seal applications so that only an attested enclave can run them.
 
 \b
-Vendor:  keys create, seal, image build, image approve, image revoke
-Host:    init, enclave start, proxy start, mount (or push), run, pull
+Vendor:  keys create, seal, image build, image approve, publish
+Host:    init, share create, fetch, enclave start, proxy start, mount (or push), run, pull
+Revoke:  image revoke (vendor: no more key releases), share revoke (host: no more uploads)
 Try:     strongroom demo   (the whole flow, locally, in a scratch workspace)
 
 The workspace is ./.strongroom, $STRONGROOM_HOME, or --home DIR.

@@ -348,16 +348,16 @@ class LocalStorage:
         if decision.allowed:
             return
         target = record.bucket if key is None else f"{record.bucket}/{key}"
-        revoked = self.caller.account_id == record.vendor_account and not (
-            policies.has_vendor_access(record.bucket_policy)
-        )
-        if revoked:
+        vendor = self.caller.account_id == record.vendor_account
+        if vendor and action == "s3:PutObject" and not policies.has_vendor_access(
+            record.bucket_policy
+        ):
             hint = (
                 f"the share's bucket policy has no {policies.VENDOR_ACCESS_SID} statement: the "
                 f"host revoked this vendor's access (`strongroom share restore {record.vendor}` "
                 "gives it back)"
             )
-        elif self.caller.account_id == record.vendor_account:
+        elif vendor:
             hint = "the vendor may only put objects into a share; it may not read or list it"
         else:
             hint = (
@@ -497,7 +497,7 @@ class LocalStorage:
 
 
 def _write_record(directory: Path, record: ShareRecord) -> None:
-    data = json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    data = json.dumps(record.model_dump(mode="json"), indent=2) + "\n"
     atomic_write(directory / SHARE_FILE, data.encode(), mode=0o600)
 
 
