@@ -155,7 +155,18 @@ class IndexDocument(BaseModel):
             "publisher": publisher,
             "objects": tuple(objects),
         }
-        unsigned = cls.model_validate({**body, "checksum": "0" * 64})
+        try:
+            unsigned = cls.model_validate({**body, "checksum": "0" * 64})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "document"
+            too_many = first["type"] == "too_long"
+            raise InvalidInputError(
+                f"cannot make an index document: {where}: {first['msg']}",
+                hint=f"an index lists at most {MAX_INDEX_ENTRIES} objects: publish fewer at a time"
+                if too_many
+                else None,
+            ) from None
         content = unsigned.model_dump(mode="json", exclude={"checksum"})
         return unsigned.model_copy(update={"checksum": checksum(content)})
 

@@ -349,8 +349,10 @@ class LocalStorage:
             return
         target = record.bucket if key is None else f"{record.bucket}/{key}"
         vendor = self.caller.account_id == record.vendor_account
-        if vendor and action == "s3:PutObject" and not policies.has_vendor_access(
-            record.bucket_policy
+        if (
+            vendor
+            and action == "s3:PutObject"
+            and not policies.has_vendor_access(record.bucket_policy)
         ):
             hint = (
                 f"the share's bucket policy has no {policies.VENDOR_ACCESS_SID} statement: the "
