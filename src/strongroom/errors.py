@@ -20,7 +20,7 @@ Exit codes (documented in ``docs/CLI.md``):
 2     usage error (bad command-line input)
 3     bad input (a file or document is malformed)
 4     evidence error (verification, tampering)
-5     access denied by a key policy
+5     access denied by a key policy or a share's bucket policy
 6     service unavailable
 7     not found
 ====  ==========================================
@@ -116,7 +116,7 @@ class TamperedError(EvidenceError):
 
 
 class AccessDeniedError(EvidenceError):
-    """A key policy (or the absence of one) denied the request."""
+    """A key policy or a share's bucket policy (or the absence of one) denied the request."""
 
     exit_code = 5
 

@@ -13,7 +13,8 @@ or ``--home``) holding:
 - ``keys/`` — the local key store (key material 0600);
 - ``audit.log`` — the key service's audit trail (JSON lines);
 - ``ca/`` — the local attestation authority;
-- ``storage/`` — local shared storage;
+- ``storage/`` — shared storage: a directory per local share (``storage/BUCKET/``),
+  and ``storage/s3/`` records of the s3 shares made from this workspace;
 - ``run/`` — sockets, pids and logs of running services.
 
 Every command resolves the workspace the same way (:func:`Workspace.locate`).
