@@ -273,19 +273,25 @@ def share_list_command(app: AppContext, where: StorageOptions) -> None:
     """List this account's shares: vendor, bucket, whether the vendor's access is open.
 
     \b
-    OBJECTS counts what the vendor published (index documents left out).
+    OBJECTS counts what the vendor published (index documents left out; "?"
+    when the share's policy does not let this caller list it).
 
     \b
     Example:
       strongroom share list
     """
+    from strongroom.errors import AccessDeniedError
     from strongroom.storage.base import INDEX_PREFIX
 
     storage = where.open(app.workspace())
     rows = []
     for share in storage.list_shares():
-        objects = storage.list_objects(share.bucket)
-        count = sum(1 for o in objects if not o.name.startswith(INDEX_PREFIX))
+        count: int | None
+        try:
+            objects = storage.list_objects(share.bucket)
+            count = sum(1 for o in objects if not o.name.startswith(INDEX_PREFIX))
+        except AccessDeniedError:  # a policy edited to deny even the host: still listed
+            count = None
         rows.append({**share.to_dict(), "objects": count})
     emit(
         app,
@@ -293,7 +299,13 @@ def share_list_command(app: AppContext, where: StorageOptions) -> None:
         lambda: emit_table(
             ["vendor", "vendor account", "bucket", "access", "objects"],
             [
-                (r["vendor"], r["vendor_account"], r["bucket"], r["access"], r["objects"])
+                (
+                    r["vendor"],
+                    r["vendor_account"],
+                    r["bucket"],
+                    r["access"],
+                    "?" if r["objects"] is None else r["objects"],
+                )
                 for r in rows
             ],
             optional=("objects", "vendor account"),

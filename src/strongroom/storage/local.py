@@ -477,7 +477,9 @@ class LocalStorage:
         """A descriptor of the share's ``objects/PARENTS...`` directory, symlinks refused."""
         with contextlib.ExitStack() as stack:
             try:
-                fd = os.open(self.root, _DIR_FLAGS)
+                # the storage root is the workspace's own (it may be a link to another
+                # disk); from the share's directory down, nothing is followed
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 stack.callback(os.close, fd)
                 for depth, segment in enumerate((record.bucket, OBJECTS_DIR, *parents)):
                     if create and depth >= 2:
