@@ -190,7 +190,8 @@ def share_create_command(
     check_vendor(vendor)
     check_account(vendor_account, what="--vendor-account")
     if print_template:
-        click.echo(_template(vendor, vendor_account), nl=False)
+        text = _template(vendor, vendor_account)
+        emit(app, {"template": text}, lambda: click.echo(text, nl=False))
         return
     ws = app.workspace()
     storage = where.open(ws)
