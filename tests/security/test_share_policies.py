@@ -218,14 +218,18 @@ KEY_POLICY = PolicyDocument.parse(json.dumps(policies.key_policy(NAMES, VENDOR_A
 KEY_ARN = f"arn:aws:kms:{NAMES.region}:{HOST_ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
-def kms(action: str, caller: Caller) -> tuple[str, str | None]:
-    request = RequestContext(
-        action,
-        KEY_ARN,
-        caller.principal_arn,
-        caller.account_id,
-        {"kms:CallerAccount": caller.account_id, "aws:SecureTransport": True},
-    )
+#: How S3 calls KMS for an SSE-KMS upload in the share's region.
+VIA_S3 = f"s3.{NAMES.region}.amazonaws.com"
+
+
+def kms(action: str, caller: Caller, *, via: str | None = VIA_S3) -> tuple[str, str | None]:
+    values: dict[str, str | bool] = {
+        "kms:CallerAccount": caller.account_id,
+        "aws:SecureTransport": True,
+    }
+    if via is not None:
+        values["kms:ViaService"] = via
+    request = RequestContext(action, KEY_ARN, caller.principal_arn, caller.account_id, values)
     decision = evaluate(KEY_POLICY, request)
     return (decision.effect, decision.statement_sid)
 
@@ -233,6 +237,15 @@ def kms(action: str, caller: Caller) -> tuple[str, str | None]:
 @pytest.mark.parametrize("action", ["kms:GenerateDataKey", "kms:Decrypt"])
 def test_vendor_may_use_the_key_for_uploads(action: str) -> None:
     assert kms(action, VENDOR) == ("Allow", VENDOR_KEY_SID)
+
+
+@pytest.mark.parametrize("via", [None, "s3.us-east-1.amazonaws.com", "ec2.eu-west-1.amazonaws.com"])
+@pytest.mark.parametrize("action", ["kms:GenerateDataKey", "kms:Decrypt"])
+def test_vendor_may_use_the_key_only_through_s3_in_the_shares_region(
+    action: str, via: str | None
+) -> None:
+    # called directly (no ViaService), or through another service or region
+    assert kms(action, VENDOR, via=via) == NOTHING_ALLOWS
 
 
 @pytest.mark.parametrize(
