@@ -86,6 +86,8 @@ PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 #: How much of a download is read from the response and written at a time.
 DOWNLOAD_CHUNK = MiB
+#: Objects (and versions) asked for a listing request (S3 answers at most 1000).
+LIST_PAGE_SIZE = 1000
 #: DeleteObjects takes at most this many keys a request.
 DELETE_BATCH = 1000
 #: A deleted share's key is scheduled for deletion with KMS's shortest window.
@@ -489,9 +491,8 @@ class S3Storage:
         if self.region != "us-east-1":  # us-east-1 takes no location constraint
             params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         self._call("CreateBucket", **params)
-        undo.append(
-            (f"the bucket s3://{bucket}", lambda: self._call("DeleteBucket", Bucket=bucket))
-        )
+        # a bucket just made may hold access logs already (the log bucket), nothing else
+        undo.append((f"the bucket s3://{bucket}", lambda: self._remove_bucket(bucket)))
         self._call(
             "PutPublicAccessBlock",
             Bucket=bucket,
@@ -739,37 +740,40 @@ class S3Storage:
         return self._share(names.bucket, names, tags)
 
     def delete_share(self, vendor: str, *, purge: bool) -> None:
-        """Delete the share's buckets, the key's alias, and schedule the key's deletion.
+        """Delete the share's buckets and the key's alias, and schedule the key's deletion.
 
-        Refuses (UsageError) while either bucket holds any object version or
+        Refuses (UsageError) while the share bucket holds any object version or
         delete marker, unless ``purge``: then every one of them goes first. The
-        key stays recoverable for :data:`KEY_DELETION_WINDOW_DAYS` days (KMS's
-        ``CancelKeyDeletion``). Also removes what a failed delete left behind.
+        access logs go with the share either way (S3 writes them all the time,
+        so they would always refuse). The key stays recoverable for
+        :data:`KEY_DELETION_WINDOW_DAYS` days (KMS's ``CancelKeyDeletion``).
+        What a failed delete left behind is removed too.
         """
         names = self.names(vendor)
-        buckets = [b for b in (names.bucket, names.log_bucket) if self._bucket_exists(b)]
-        if names.bucket in buckets:
+        share_bucket = self._bucket_exists(names.bucket)
+        if share_bucket:
             self._find(vendor)  # refuse a bucket that is not a share
+        log_bucket = self._bucket_exists(names.log_bucket)
         key = None
         with contextlib.suppress(NotFoundError):
             key = self._kms.describe_key(names.key_alias)
-        if not buckets and key is None:
+        if not (share_bucket or log_bucket or key):
             raise NotFoundError(
                 f"there is no share for {vendor} (no bucket s3://{names.bucket})",
                 hint="`strongroom share list` shows the shares; the region must be the share's",
             )
-        if not purge:
-            for bucket in buckets:
-                held = sum(1 for _ in self._versions(bucket))
-                if held:
-                    raise UsageError(
-                        f"s3://{bucket} holds {held} object version(s) and delete marker(s)",
-                        hint=f"`strongroom share delete {vendor} --purge` deletes every one of "
-                        "them, then the share",
-                    )
-        for bucket in buckets:
-            self._purge(bucket)
-            self._call("DeleteBucket", Bucket=bucket)
+        if share_bucket and not purge:
+            held = sum(1 for _ in self._versions(names.bucket))
+            if held:
+                raise UsageError(
+                    f"s3://{names.bucket} holds {held} object version(s) and delete marker(s)",
+                    hint=f"`strongroom share delete {vendor} --purge` deletes every one of "
+                    "them, then the share",
+                )
+        if share_bucket:
+            self._remove_bucket(names.bucket)
+        if log_bucket:  # after the share bucket, which writes into it
+            self._remove_bucket(names.log_bucket)
         if key is not None:
             self._kms.delete_alias(names.key_alias)
             if key.state != "PendingDeletion":
@@ -780,10 +784,17 @@ class S3Storage:
     def _versions(self, bucket: str) -> Iterator[dict[str, str]]:
         """Every object version and delete marker in ``bucket``, as DeleteObjects names them."""
         with self._errors("ListObjectVersions", bucket):
-            pages = self._s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+            pages = self._s3.get_paginator("list_object_versions").paginate(
+                Bucket=bucket, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+            )
             for page in pages:
                 for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
                     yield {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+
+    def _remove_bucket(self, bucket: str) -> None:
+        """Delete every object version in ``bucket``, then the bucket."""
+        self._purge(bucket)
+        self._call("DeleteBucket", Bucket=bucket)
 
     def _purge(self, bucket: str) -> None:
         batch: list[dict[str, str]] = []
@@ -879,7 +890,9 @@ class S3Storage:
     def list_objects(self, bucket: str, prefix: str = "") -> list[StoredObject]:
         objects = []
         with self._errors("ListObjectsV2", bucket):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+            )
             for page in pages:
                 for entry in page.get("Contents", []):
                     objects.append(
