@@ -209,7 +209,7 @@ def _denied_hint(operation: str) -> str:
 
 
 def _failure(
-    error: botocore.exceptions.BotoCoreError, operation: str, where: str, endpoint: str | None
+    error: botocore.exceptions.BotoCoreError, operation: str, where: str
 ) -> StrongroomError:
     """Our error for a botocore failure that is not an answer from S3."""
     if isinstance(error, botocore.exceptions.NoCredentialsError):
@@ -219,9 +219,8 @@ def _failure(
         )
     if isinstance(error, botocore.exceptions.ParamValidationError):
         return InvalidInputError(f"{operation} on {where}: {_one_line(str(error))}")
-    service = f"S3 at {endpoint}" if endpoint else "S3"
     translated = botocore_failure(
-        error, service, not_running_hint="check the network and the S3 endpoint"
+        error, "S3", not_running_hint="check the network and the S3 endpoint"
     )
     if type(translated) is UnavailableError:
         return UnavailableError(
@@ -294,7 +293,6 @@ class S3Storage:
             retries={"mode": "standard"},
         )
         self.region = region
-        self._endpoint_url = endpoint_url
         self._state_dir = state_dir
         self._account: str | None = None
         try:
@@ -308,7 +306,7 @@ class S3Storage:
                 for name in ("s3", "kms", "sts")
             }
         except botocore.exceptions.BotoCoreError as e:
-            raise _failure(e, "connect", "S3", endpoint_url) from e
+            raise _failure(e, "connect", "S3") from e
         self._s3: Any = clients["s3"]
         self._sts: Any = clients["sts"]
         self._kms = KmsKeyService(clients["kms"], credentials_label="the host's AWS credentials")
@@ -360,7 +358,7 @@ class S3Storage:
         except botocore.exceptions.ClientError as e:
             raise _client_error(e, operation, bucket, key) from e
         except botocore.exceptions.BotoCoreError as e:
-            raise _failure(e, operation, _where(bucket, key), self._endpoint_url) from e
+            raise _failure(e, operation, _where(bucket, key)) from e
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         """Call S3's ``operation`` (its API name, e.g. ``PutObject``), errors translated."""
@@ -377,27 +375,49 @@ class S3Storage:
                 return None
             raise _client_error(e, operation, bucket, None) from e
         except botocore.exceptions.BotoCoreError as e:
-            raise _failure(e, operation, _where(bucket, None), self._endpoint_url) from e
+            raise _failure(e, operation, _where(bucket, None)) from e
         result.pop("ResponseMetadata", None)
         return result
 
     def _bucket_exists(self, bucket: str) -> bool:
-        """Whether ``bucket`` exists and is the caller's (another account's: AlreadyExistsError)."""
+        """Whether ``bucket`` exists (HeadBucket; a 403 is AccessDeniedError)."""
         try:
             self._s3.head_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in _NOT_FOUND:
+            if str(e.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
                 return False
-            if code in _DENIED:
+            raise _client_error(e, "HeadBucket", bucket, None) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise _failure(e, "HeadBucket", _where(bucket, None)) from e
+        return True
+
+    def _refuse_existing(self, names: ShareNames) -> None:
+        """Refuse to make a share any of whose parts exists (or whose bucket name is taken)."""
+        for bucket in (names.bucket, names.log_bucket):
+            try:
+                exists = self._bucket_exists(bucket)
+            except AccessDeniedError as e:  # S3 answers 403 for another account's bucket
                 raise AlreadyExistsError(
                     f"the bucket name {bucket} is taken by another AWS account",
                     hint="bucket names are global: use another vendor identifier",
                 ) from e
-            raise _client_error(e, "HeadBucket", bucket, None) from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise _failure(e, "HeadBucket", _where(bucket, None), self._endpoint_url) from e
-        return True
+            if exists and bucket == names.bucket:
+                raise AlreadyExistsError(
+                    f"the share for {names.vendor} exists: s3://{bucket}",
+                    hint=f"`strongroom share show {names.vendor}` shows it; "
+                    f"`strongroom share delete {names.vendor}` removes it",
+                )
+            if exists:
+                raise AlreadyExistsError(
+                    f"the access-log bucket s3://{bucket} exists without its share",
+                    hint=f"`strongroom share delete {names.vendor}` removes what is left",
+                )
+        with contextlib.suppress(NotFoundError):
+            self._kms.describe_key(names.key_alias)
+            raise AlreadyExistsError(
+                f"the key alias {names.key_alias} exists without its share",
+                hint=f"`strongroom share delete {names.vendor}` removes what is left",
+            )
 
     def caller_account(self) -> str:
         """The AWS account these credentials belong to (STS GetCallerIdentity)."""
@@ -420,23 +440,7 @@ class S3Storage:
                 f"the share is named for {names.region} but S3 is opened in {self.region}",
                 hint="use one region for the share and the AWS client",
             )
-        if self._bucket_exists(names.bucket):
-            raise AlreadyExistsError(
-                f"the share for {names.vendor} exists: s3://{names.bucket}",
-                hint=f"`strongroom share show {names.vendor}` shows it; "
-                f"`strongroom share delete {names.vendor}` removes it",
-            )
-        if self._bucket_exists(names.log_bucket):
-            raise AlreadyExistsError(
-                f"the access-log bucket s3://{names.log_bucket} exists without its share",
-                hint=f"`strongroom share delete {names.vendor} --purge` removes what is left",
-            )
-        with contextlib.suppress(NotFoundError):
-            self._kms.describe_key(names.key_alias)
-            raise AlreadyExistsError(
-                f"the key alias {names.key_alias} exists without its share",
-                hint=f"`strongroom share delete {names.vendor}` removes what is left",
-            )
+        self._refuse_existing(names)
         undo: list[tuple[str, Callable[[], object]]] = []
         try:
             key_arn = self._make_key(names, vendor_account, undo)
@@ -830,6 +834,12 @@ class S3Storage:
         kms_key: str | None,
         progress: Progress | None = None,
     ) -> None:
+        """Upload ``source`` as ``name`` (see :meth:`Storage.put_object`).
+
+        ``kms_key`` is the share's key (:attr:`Share.key_arn`): the vendor must
+        name it, since S3 encrypts an ``aws:kms`` upload that names no key with
+        the AWS managed key ``aws/s3`` instead of the bucket's default key.
+        """
         check_object_name(name)
         headers: dict[str, Any] = {
             "ServerSideEncryption": policies.SSE_ALGORITHM,

@@ -290,6 +290,11 @@ def test_vendor_publishes_host_fetches_byte_identical(
     composite = b64_sha256(b"".join(hashlib.sha256(p).digest() for p in parts))
     assert big_head["ChecksumSHA256"].split("-")[0] == composite
 
+    # moto delivers the share's access logs where its logging configuration says
+    log_bucket = names_of(share, aws_profiles).log_bucket
+    logs = [o["Key"] for o in api.list_objects_v2(Bucket=log_bucket).get("Contents", [])]
+    assert logs and all(k.startswith(names_of(share, aws_profiles).log_prefix) for k in logs)
+
 
 def test_an_interrupted_upload_resumes_without_resending_parts(
     share: Share, host: S3Storage, vendor: S3Storage, aws_profiles: AwsProfiles, tmp_path: Path
