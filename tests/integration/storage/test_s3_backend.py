@@ -275,7 +275,11 @@ def test_vendor_publishes_host_fetches_byte_identical(
     assert listed == {"apps/app.sealed": 1000, "apps/app.eif": BIG}
     assert [o.name for o in host.list_objects(share.bucket, "apps/app.s")] == ["apps/app.sealed"]
     assert fetch(host, share.bucket, "apps/app.sealed", tmp_path) == small_data
-    assert fetch(host, share.bucket, "apps/app.eif", tmp_path) == big_data
+    fetched: list[int] = []
+    with (tmp_path / "fetched").open("wb") as sink:
+        assert host.get_object(share.bucket, "apps/app.eif", sink, progress=fetched.append) == BIG
+    assert (tmp_path / "fetched").read_bytes() == big_data
+    assert fetched[-1] == BIG and fetched == sorted(fetched) and len(fetched) > 1
 
     api = raw(aws_profiles, "s3")
     for name in ("apps/app.sealed", "apps/app.eif"):
@@ -304,12 +308,16 @@ def test_an_interrupted_upload_resumes_without_resending_parts(
     seen: list[int] = []
     with pytest.raises(Interrupted):
         vendor.put_object(
-            share.bucket, "app.eif", source, kms_key=share.key_arn,
+            share.bucket,
+            "app.eif",
+            source,
+            kms_key=share.key_arn,
             progress=interrupt_at(2 * PART_SIZE, seen),
-        )  # fmt: skip
+        )
     assert seen == [0, PART_SIZE, 2 * PART_SIZE]
     record_path = upload_record_path(tmp_path / "vstate", share.bucket, "app.eif")
     assert oct(record_path.stat().st_mode & 0o777) == "0o600"
+    assert oct(record_path.parent.stat().st_mode & 0o777) == "0o700"
     record = json.loads(record_path.read_text())
     assert [p["number"] for p in record["parts"]] == [1, 2]
 
@@ -345,9 +353,12 @@ def test_a_changed_file_starts_over(
     write(source, BIG)
     with pytest.raises(Interrupted):
         vendor.put_object(
-            share.bucket, "app.eif", source, kms_key=share.key_arn,
+            share.bucket,
+            "app.eif",
+            source,
+            kms_key=share.key_arn,
             progress=interrupt_at(PART_SIZE, []),
-        )  # fmt: skip
+        )
     record_path = upload_record_path(tmp_path / "vstate", share.bucket, "app.eif")
     first_upload = json.loads(record_path.read_text())["upload_id"]
     before = source.stat()
