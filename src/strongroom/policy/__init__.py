@@ -24,6 +24,10 @@ Session policies (STS's inline ``Policy``) are parsed by the same code with
 with session credentials only if the key policy allows it **and** the session
 policy does, so a session policy can only narrow.
 
+S3 bucket policies are parsed with ``kind="bucket"`` (S3's 20 KiB limit,
+resources must be S3 ARNs): :mod:`strongroom.storage.access` decides S3
+requests against the share policies Strongroom writes with this evaluator.
+
 Conditions: operators are ANDed, keys under one operator are ANDed, values of
 one key are ORed; a negated operator (``StringNotEquals``, ...) holds when the
 request value matches none of them. When the request lacks the key, a positive
@@ -32,11 +36,18 @@ operator is false but a **negated operator is true**, ``...IfExists`` is true,
 That is what makes the AWS Nitro pattern ``Deny unless StringNotEqualsIgnoreCase
 kms:RecipientAttestation:ImageSha384 [approved]`` deny a caller who sends no
 attestation at all. Condition keys are case-insensitive, values case-sensitive
-except under ``...IgnoreCase`` operators. Policy variables (``${aws:username}``)
-are not supported and are refused when a policy is parsed.
+except under ``...IgnoreCase`` operators. ``ArnEquals`` and ``ArnLike`` (alike,
+as in IAM) and their ``ArnNot...`` negations compare an ARN component by
+component: each of the six ``:``-separated parts (``arn:PARTITION:SERVICE:
+REGION:ACCOUNT:RESOURCE``) matches on its own, with ``*`` and ``?`` that stay
+inside the part (the resource part may hold ``:``), case-sensitively; a policy
+value without six parts is refused, a request value that is not an ARN matches
+nothing. Policy variables (``${aws:username}``) are not supported and are
+refused when a policy is parsed.
 """
 
 from strongroom.policy.document import (
+    MAX_BUCKET_POLICY_BYTES,
     MAX_POLICY_BYTES,
     Condition,
     PolicyDocument,
@@ -59,6 +70,7 @@ from strongroom.policy.measurements import (
 __all__ = [
     "ALLOW_SID",
     "DENY_SID",
+    "MAX_BUCKET_POLICY_BYTES",
     "MAX_POLICY_BYTES",
     "OWNER_SID",
     "Condition",

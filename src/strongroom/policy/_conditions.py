@@ -32,6 +32,10 @@ _IF_EXISTS = "IfExists"
 _NULL = "Null"
 
 _WILDCARDS = {"*": ".*", "?": "."}
+#: An ARN's components: arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (the last may hold ':').
+_ARN_COMPONENTS = 6
+#: Wildcards in an ARN's first five components stay inside their component.
+_COMPONENT_WILDCARDS = {"*": "[^:]*", "?": "[^:]"}
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _COMPARISONS: dict[str, _Comparison] = {
     "Equals": operator.eq,
@@ -52,8 +56,12 @@ class ConditionSyntaxError(ValueError):
 
 def compile_wildcards(patterns: Iterable[str], *, ignore_case: bool) -> re.Pattern[str]:
     """One regex that full-matches any of ``patterns`` (``*`` any run, ``?`` one character)."""
-    alternatives = ("".join(_WILDCARDS.get(c) or re.escape(c) for c in p) for p in patterns)
+    alternatives = (_wildcard_regex(p, _WILDCARDS) for p in patterns)
     return re.compile("|".join(alternatives), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+def _wildcard_regex(pattern: str, wildcards: Mapping[str, str]) -> str:
+    return "".join(wildcards.get(c) or re.escape(c) for c in pattern)
 
 
 def compile_condition(operator_name: str, key: str, values: tuple[str, ...]) -> Predicate:
@@ -142,6 +150,30 @@ def _string_like(values: tuple[str, ...]) -> _ValueTest:
     return lambda value: pattern.fullmatch(value) is not None
 
 
+def _arn_like(values: tuple[str, ...]) -> _ValueTest:
+    """``ArnEquals`` and ``ArnLike``, which IAM applies alike: component by component.
+
+    Each of an ARN's six ``:``-separated components is matched on its own, with
+    ``*`` and ``?`` wildcards that cannot reach into the next component (the
+    last, the resource, may itself hold ``:``); case-sensitive. A request
+    value that is not an ARN matches nothing.
+    """
+    alternatives = []
+    for value in values:
+        components = value.split(":", _ARN_COMPONENTS - 1)
+        if len(components) != _ARN_COMPONENTS:
+            raise ConditionSyntaxError(
+                f"{value!r} is not an ARN pattern",
+                hint="an ARN has six ':'-separated components, "
+                "arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (each may use * and ?)",
+            )
+        *head, resource = components
+        regexes = [_wildcard_regex(c, _COMPONENT_WILDCARDS) for c in head]
+        alternatives.append(":".join([*regexes, _wildcard_regex(resource, _WILDCARDS)]))
+    pattern = re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL)
+    return lambda value: pattern.fullmatch(value) is not None
+
+
 def _bool(values: tuple[str, ...]) -> _ValueTest:
     wanted = frozenset(_parse_bool(v) for v in values)
     return lambda value: value.lower() in wanted
@@ -201,6 +233,8 @@ _VALUE_TESTS: dict[str, Callable[[tuple[str, ...]], _ValueTest]] = {
     "StringEqualsIgnoreCase": _string_equals_ignore_case,
     "StringLike": _string_like,
     "Bool": _bool,
+    "ArnEquals": _arn_like,
+    "ArnLike": _arn_like,
     **{f"Numeric{n}": _ordered(_to_number, "a number", c) for n, c in _COMPARISONS.items()},
     **{f"Date{n}": _ordered(_to_timestamp, "a date", c) for n, c in _COMPARISONS.items()},
 }
@@ -210,5 +244,7 @@ _NEGATIONS = {
     "StringNotLike": "StringLike",
     "NumericNotEquals": "NumericEquals",
     "DateNotEquals": "DateEquals",
+    "ArnNotEquals": "ArnEquals",
+    "ArnNotLike": "ArnLike",
 }
 SUPPORTED_OPERATORS = (*_VALUE_TESTS, *_NEGATIONS, _NULL)

@@ -1,10 +1,12 @@
-"""Key-policy documents: parse, validate and serialise.
+"""Policy documents (key, session and bucket policies): parse, validate and serialise.
 
-Two kinds of document share this parser. A *key policy* (a resource policy)
+Three kinds of document share this parser. A *key policy* (a resource policy)
 names its principals in every statement. A *session policy* (the inline
 ``Policy`` of STS ``AssumeRole``/``GetFederationToken``) is an identity
 policy: it has no ``Principal`` (it applies to the session it is attached to)
-and may only narrow what the session could otherwise do.
+and may only narrow what the session could otherwise do. A *bucket policy* is
+S3's resource policy: principals as in a key policy, resources S3 ARNs, and
+S3's smaller size limit. Error messages name the kind being parsed.
 
 A policy is refused when it is stored, not when it is used: an unknown element,
 operator or value shape raises :class:`PolicyError`, because IAM ignores
@@ -34,6 +36,8 @@ from strongroom.policy._conditions import (
 
 #: KMS refuses key policies larger than this (bytes of UTF-8).
 MAX_POLICY_BYTES = 32 * 1024
+#: S3 refuses bucket policies larger than this (bytes of UTF-8).
+MAX_BUCKET_POLICY_BYTES = 20 * 1024
 VERSIONS = ("2012-10-17", "2008-10-17")
 #: Only this version gives ``${...}`` its policy-variable meaning.
 _VARIABLES_VERSION = "2012-10-17"
@@ -52,7 +56,7 @@ _STATEMENT_ELEMENTS = (
 )
 _PRINCIPAL_TYPES = ("AWS", "Service")
 #: Which kind of document :meth:`PolicyDocument.parse` reads.
-PolicyKind = Literal["key", "session"]
+PolicyKind = Literal["key", "session", "bucket"]
 
 # IAM names and account ids are ASCII; re.ASCII keeps \d and \w from accepting other scripts.
 _PARTITION = r"arn:aws(?:-[a-z]+)*"
@@ -63,6 +67,7 @@ _ROLE = re.compile(rf"({_PARTITION}):iam::(\d{{12}}):role/(?:{_NAME}/)*({_NAME})
 _USER = re.compile(rf"{_PARTITION}:iam::\d{{12}}:user/(?:{_NAME}/)*{_NAME}", re.ASCII)
 _SESSION = re.compile(rf"({_PARTITION}):sts::(\d{{12}}):assumed-role/({_NAME})/{_NAME}", re.ASCII)
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
+_S3_ARN = re.compile(rf"{_PARTITION}:s3:::.+", re.ASCII | re.DOTALL)
 _AWS_PRINCIPAL_FORMS = (_ACCOUNT, _ACCOUNT_ROOT, _ROLE, _USER, _SESSION)
 
 _AWS_PRINCIPAL_HINT = (
@@ -73,7 +78,35 @@ _AWS_PRINCIPAL_HINT = (
 
 
 class PolicyError(InvalidInputError):
-    """A key policy is not valid JSON or uses something Strongroom does not support."""
+    """A policy is not valid JSON or uses something Strongroom does not support."""
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between the kinds of document: their name, size limit and resources."""
+
+    noun: str
+    max_bytes: int
+    limit_of: str
+    #: Resources are ``*`` or any ARN (None), or must match this.
+    resource: re.Pattern[str] | None
+    resource_hint: str
+
+
+_KINDS: dict[PolicyKind, _Kind] = {
+    "key": _Kind(
+        "key policy", MAX_POLICY_BYTES, "KMS", None, 'a key policy applies to its own key: use "*"'
+    ),
+    "session": _Kind("session policy", MAX_POLICY_BYTES, "KMS", None, 'e.g. "*" or a key ARN'),
+    "bucket": _Kind(
+        "bucket policy",
+        MAX_BUCKET_POLICY_BYTES,
+        "S3",
+        _S3_ARN,
+        "a bucket policy names its bucket or objects: arn:aws:s3:::BUCKET or "
+        "arn:aws:s3:::BUCKET/KEY (with * and ?)",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +236,7 @@ class Statement:
 
 @dataclass(frozen=True)
 class PolicyDocument:
-    """A parsed key policy; statements keep their order, which decisions refer to by index."""
+    """A parsed policy; statements keep their order, which decisions refer to by index."""
 
     statements: tuple[Statement, ...]
     version: str | None = None
@@ -211,34 +244,38 @@ class PolicyDocument:
 
     @classmethod
     def parse(cls, text: str, *, kind: PolicyKind = "key") -> PolicyDocument:
-        """Parse and validate a key policy (or a session policy); raises :class:`PolicyError`."""
+        """Parse and validate a policy of ``kind``; raises :class:`PolicyError`."""
+        spec = _KINDS[kind]
         size = len(text.encode("utf-8", "surrogatepass"))
-        if size > MAX_POLICY_BYTES:
+        if size > spec.max_bytes:
             raise PolicyError(
-                f"key policy is {size} bytes, more than KMS's limit of {MAX_POLICY_BYTES}",
+                f"{spec.noun} is {size} bytes, more than {spec.limit_of}'s limit of "
+                f"{spec.max_bytes}",
                 hint="merge statements or list fewer principals and measurements",
             )
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, spec))
         except (ValueError, RecursionError) as error:  # ValueError: also over-long integers
             raise PolicyError(
-                f"key policy is not valid JSON: {error}", hint="check it with `python -m json.tool`"
+                f"{spec.noun} is not valid JSON: {error}",
+                hint="check it with `python -m json.tool`",
             ) from None
         return cls._from_json(data, kind)
 
     @classmethod
     def _from_json(cls, data: object, kind: PolicyKind = "key") -> PolicyDocument:
+        noun = _KINDS[kind].noun
         if not isinstance(data, dict):
-            raise PolicyError("key policy must be a JSON object", hint='start with {"Version": ...')
-        _reject_unknown(data, _POLICY_ELEMENTS, "key policy")
-        version = _optional_string(data, "Version", "key policy")
+            raise PolicyError(f"{noun} must be a JSON object", hint='start with {"Version": ...')
+        _reject_unknown(data, _POLICY_ELEMENTS, noun)
+        version = _optional_string(data, "Version", noun)
         if version is not None and version not in VERSIONS:
             raise PolicyError(
-                f"key policy Version {version!r} is not supported",
+                f"{noun} Version {version!r} is not supported",
                 hint=f"use {VERSIONS[0]!r}",
             )
         if "Statement" not in data:
-            raise PolicyError("key policy has no Statement", hint="add a Statement list")
+            raise PolicyError(f"{noun} has no Statement", hint="add a Statement list")
         raw = data["Statement"]
         raw_statements = raw if isinstance(raw, list) else [raw]
         statements = []
@@ -249,9 +286,9 @@ class PolicyDocument:
                 )
             except PolicyError as error:
                 raise PolicyError(
-                    f"key policy Statement[{index}] {error.message}", hint=error.hint
+                    f"{noun} Statement[{index}] {error.message}", hint=error.hint
                 ) from None
-        return cls(tuple(statements), version, _optional_string(data, "Id", "key policy"))
+        return cls(tuple(statements), version, _optional_string(data, "Id", noun))
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as JSON-ready data, elements in the conventional order."""
@@ -297,10 +334,12 @@ def _statement(data: object, *, variables: bool, kind: PolicyKind = "key") -> St
         sid=_optional_string(data, "Sid", ""),
         principals=principals,
         not_principal=not_principal,
-        names_principal=kind == "key",
+        names_principal=kind != "session",
         actions=_actions(action, _name("Action", not_action)),
         not_action=not_action,
-        resources=_resources(resource, _name("Resource", not_resource), variables=variables),
+        resources=_resources(
+            resource, _name("Resource", not_resource), variables=variables, kind=_KINDS[kind]
+        ),
         not_resource=not_resource,
         conditions=_conditions(data.get("Condition", {}), variables=variables),
     )
@@ -312,7 +351,7 @@ def _either(data: dict[str, Any], element: str) -> tuple[object, bool]:
     if (element in data) == (negated in data):
         raise PolicyError(
             f"needs exactly one of {element} and {negated}",
-            hint=f'key policies name them explicitly, e.g. "{element}": "*"',
+            hint=f'policies name them explicitly, e.g. "{element}": "*"',
         )
     return (data[element], False) if element in data else (data[negated], True)
 
@@ -349,13 +388,14 @@ def _actions(value: object, element: str) -> tuple[str, ...]:
     return actions
 
 
-def _resources(value: object, element: str, *, variables: bool) -> tuple[str, ...]:
+def _resources(value: object, element: str, *, variables: bool, kind: _Kind) -> tuple[str, ...]:
     resources = _strings(value, element)
     for resource in resources:
+        if kind.resource is not None and not kind.resource.fullmatch(resource):
+            raise PolicyError(f"{element} {resource!r} is not an S3 ARN", hint=kind.resource_hint)
         if resource != "*" and not resource.startswith("arn:"):
             raise PolicyError(
-                f"{element} {resource!r} is neither * nor an ARN",
-                hint='a key policy applies to its own key: use "*"',
+                f"{element} {resource!r} is neither * nor an ARN", hint=kind.resource_hint
             )
     if variables:
         _check_no_variables(resources, element)
@@ -444,12 +484,12 @@ def _reject_unknown(data: dict[str, Any], known: tuple[str, ...], where: str) ->
             )
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _unique_keys(pairs: list[tuple[str, Any]], kind: _Kind) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
             raise PolicyError(
-                f"key policy repeats the element {key!r} in one object",
+                f"{kind.noun} repeats the element {key!r} in one object",
                 hint="keep one; JSON readers disagree on which duplicate wins",
             )
         result[key] = value

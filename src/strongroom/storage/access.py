@@ -64,7 +64,7 @@ def s3_request(
 
 def decide(policy: dict[str, Any], owner_account: str, request: RequestContext) -> Decision:
     """Whether ``request`` is allowed on a bucket owned by ``owner_account``."""
-    decision = evaluate(PolicyDocument.parse(json.dumps(policy)), request)
+    decision = evaluate(PolicyDocument.parse(json.dumps(policy), kind="bucket"), request)
     if decision.allowed or decision.effect == "Deny" or request.account_id != owner_account:
         return decision
     return Decision(

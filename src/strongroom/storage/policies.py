@@ -5,7 +5,9 @@ policy denies uploads that are not SSE-KMS encrypted and any request over plain
 HTTP, and ``EnableThirdPartyAccess`` lets the vendor's account put objects with
 the ``bucket-owner-full-control`` ACL and nothing else (no read, no list); the
 host key lets the host account do everything and the vendor's account only
-``GenerateDataKey`` and ``Decrypt`` (what an SSE-KMS upload needs).
+``GenerateDataKey`` and ``Decrypt``, and only through S3 (``kms:ViaService``):
+what an SSE-KMS upload needs. (The runbook's template lets the vendor call
+KMS with the key directly; nothing needs that.)
 
 ``share create`` (both backends) and ``infra/share-bucket.yaml`` hold these
 statements; ``tests/security`` checks that the template and this module agree
@@ -109,6 +111,11 @@ def has_vendor_access(policy: dict[str, Any]) -> bool:
     return any(s.get("Sid") == VENDOR_ACCESS_SID for s in policy.get("Statement", ()))
 
 
+def s3_service(region: str) -> str:
+    """The ``kms:ViaService`` value of a KMS request S3 makes for SSE-KMS in ``region``."""
+    return f"s3.{region}.amazonaws.com"
+
+
 def key_policy(names: ShareNames, vendor_account: str) -> dict[str, Any]:
     """The host key's policy: the host account administers it; the vendor may encrypt uploads."""
     return {
@@ -128,6 +135,8 @@ def key_policy(names: ShareNames, vendor_account: str) -> dict[str, Any]:
                 "Principal": {"AWS": [account_root(vendor_account)]},
                 "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                 "Resource": "*",
+                # only through S3 (SSE-KMS), never by calling KMS directly
+                "Condition": {"StringEquals": {"kms:ViaService": s3_service(names.region)}},
             },
         ],
     }

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from strongroom.errors import InvalidInputError
-from strongroom.policy import MAX_POLICY_BYTES, PolicyDocument, PolicyError
+from strongroom.policy import MAX_BUCKET_POLICY_BYTES, MAX_POLICY_BYTES, PolicyDocument, PolicyError
 
 HOST = "arn:aws:iam::111122223333:role/strongroom-host"
 
@@ -346,3 +346,91 @@ def test_to_dict_is_canonical_and_to_json_round_trips() -> None:
     assert again == document
     assert again.to_json() == document.to_json()
     assert list(json.loads(document.to_json())) == ["Version", "Id", "Statement"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["*", "arn:aws:s3::bucket", "", "arn:aws:s3"],
+)
+def test_arn_operator_refuses_a_value_that_is_not_six_components(value: str) -> None:
+    with pytest.raises(PolicyError, match="is not an ARN pattern") as raised:
+        PolicyDocument.parse(text_of(statement(Condition={"ArnLike": {"aws:SourceArn": value}})))
+    assert "six" in raised.value.hint
+
+
+@pytest.mark.parametrize(
+    "operator",
+    ["ArnEquals", "ArnLike", "ArnNotEquals", "ArnNotLikeIfExists", "ForAnyValue:ArnLike"],
+)
+def test_arn_operators_are_known(operator: str) -> None:
+    (parsed,) = PolicyDocument.parse(
+        text_of(statement(Condition={operator: {"aws:SourceArn": "arn:*:s3:::b/*"}}))
+    ).statements
+    assert [(c.operator, c.values) for c in parsed.conditions] == [(operator, ("arn:*:s3:::b/*",))]
+
+
+# --- kinds: messages, limits and resources of session and bucket policies -----
+
+
+def bucket_statement(**elements: Any) -> dict[str, Any]:
+    return statement(**({"Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/*"} | elements))
+
+
+@pytest.mark.parametrize(
+    ("kind", "noun"),
+    [("key", "key policy"), ("session", "session policy"), ("bucket", "bucket policy")],
+)
+def test_messages_name_the_kind(kind: Any, noun: str) -> None:
+    for text in (
+        "{not json",
+        "[]",
+        '{"Version": "2012-10-17"}',
+        '{"Statement": [], "Statement": []}',
+    ):
+        with pytest.raises(PolicyError) as raised:
+            PolicyDocument.parse(text, kind=kind)
+        assert raised.value.message.startswith(f"{noun} "), raised.value.message
+    with pytest.raises(PolicyError, match=rf"^{noun} Statement\[0\] Effect"):
+        PolicyDocument.parse(text_of({"Effect": "Maybe"}), kind=kind)
+
+
+def test_bucket_policy_size_limit_is_s3s() -> None:
+    text = text_of(bucket_statement())
+    at_limit = text + " " * (MAX_BUCKET_POLICY_BYTES - len(text))
+    PolicyDocument.parse(at_limit, kind="bucket")
+    with pytest.raises(PolicyError, match="bucket policy is 20481 bytes, more than S3's limit"):
+        PolicyDocument.parse(at_limit + " ", kind="bucket")
+    PolicyDocument.parse(at_limit + " ", kind="key")  # KMS allows more
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "*",
+        "arn:aws:kms:eu-west-1:111122223333:key/k",
+        "arn:aws:s3:::",
+        "s3://b/key",
+        "arn:aws:s3::b",
+    ],
+)
+def test_bucket_policy_resources_are_s3_arns(resource: str) -> None:
+    with pytest.raises(PolicyError, match="is not an S3 ARN") as raised:
+        PolicyDocument.parse(text_of(bucket_statement(Resource=resource)), kind="bucket")
+    assert "arn:aws:s3:::BUCKET" in raised.value.hint
+
+
+def test_bucket_policy_accepts_s3_arns_and_needs_principals() -> None:
+    resources = ["arn:aws:s3:::b", "arn:aws:s3:::b/*", "arn:aws-cn:s3:::b/k?y", "arn:aws:s3:::*"]
+    document = PolicyDocument.parse(
+        text_of(
+            bucket_statement(Resource=resources, Principal={"Service": "logging.s3.amazonaws.com"})
+        ),
+        kind="bucket",
+    )
+    (parsed,) = document.statements
+    assert parsed.resources == tuple(resources)
+    assert document.to_dict()["Statement"][0]["Principal"] == {
+        "Service": "logging.s3.amazonaws.com"
+    }
+    with pytest.raises(PolicyError, match="exactly one of Principal and NotPrincipal"):
+        PolicyDocument.parse(text_of(bucket_statement(Principal=None)), kind="bucket")

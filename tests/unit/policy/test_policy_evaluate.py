@@ -576,3 +576,124 @@ def test_runbook_policy_without_approved_images_denies_every_host_decrypt() -> N
     policy = PolicyDocument.parse(runbook_policy(OWNER_ACCOUNT, [HOST], []))
     decision = evaluate(policy, request({IMAGE_KEY: APPROVED}))
     assert (decision.effect, decision.statement_sid) == ("Deny", DENY_SID)
+
+
+# --- ARN operators --------------------------------------------------------------
+
+SOURCE = "arn:aws:s3:::acme-code-bucket-111122223333-eu-west-1"
+OTHER_SOURCE = "arn:aws:s3:::other-code-bucket-111122223333-eu-west-1"
+ARN_CASES: list[tuple[str, dict[str, Any], dict[str, ContextValue], bool]] = [
+    ("like", {"ArnLike": {"aws:SourceArn": SOURCE}}, {"aws:SourceArn": SOURCE}, True),
+    ("equals", {"ArnEquals": {"aws:SourceArn": SOURCE}}, {"aws:SourceArn": SOURCE}, True),
+    ("like-other", {"ArnLike": {"aws:SourceArn": SOURCE}}, {"aws:SourceArn": OTHER_SOURCE}, False),
+    (
+        "case-sensitive",
+        {"ArnLike": {"aws:SourceArn": SOURCE}},
+        {"aws:SourceArn": SOURCE.upper()},
+        False,
+    ),
+    ("values-ored", {"ArnLike": {"k:a": [OTHER_SOURCE, SOURCE]}}, {"k:a": SOURCE}, True),
+    ("star-in-resource", {"ArnLike": {"k:a": "arn:aws:s3:::acme-*"}}, {"k:a": SOURCE}, True),
+    ("star-empty-components", {"ArnLike": {"k:a": "arn:*:s3:*:*:acme-*"}}, {"k:a": SOURCE}, True),
+    ("question-one-char", {"ArnLike": {"k:a": "arn:aws:s?:::acm?-*"}}, {"k:a": SOURCE}, True),
+    ("question-not-none", {"ArnLike": {"k:a": "arn:aws:s3?:::acme-*"}}, {"k:a": SOURCE}, False),
+    # IAM gives ArnEquals the wildcards of ArnLike.
+    ("equals-wildcards", {"ArnEquals": {"k:a": "arn:aws:s3:::acme-*"}}, {"k:a": SOURCE}, True),
+    # Component by component: a wildcard does not reach into the next component,
+    # where matching the ARN as one string would.
+    (
+        "star-stays-in-component",
+        {"ArnLike": {"k:a": "arn:aws:*:::b"}},
+        {"k:a": "arn:aws:s3:eu-west-1:::b"},
+        False,
+    ),
+    (
+        "question-stays-in-component",
+        {"ArnLike": {"k:a": "arn:aws:s3?:::b"}},
+        {"k:a": "arn:aws:s3::::b"},
+        False,
+    ),
+    # ...but the resource, the last component, may hold ':' and its wildcards span them.
+    (
+        "resource-with-colons",
+        {"ArnLike": {"k:a": "arn:aws:logs:eu-west-1:111122223333:log-group:*"}},
+        {"k:a": "arn:aws:logs:eu-west-1:111122223333:log-group:app:log-stream:x"},
+        True,
+    ),
+    (
+        "account-component",
+        {"ArnLike": {"k:a": "arn:aws:iam::111122223333:*"}},
+        {"k:a": "arn:aws:iam::444455556666:role/x"},
+        False,
+    ),
+    ("not-an-arn", {"ArnLike": {"k:a": "arn:aws:s3:::*"}}, {"k:a": "acme-code-bucket"}, False),
+    ("not-like-not-an-arn", {"ArnNotLike": {"k:a": "arn:aws:s3:::*"}}, {"k:a": "bucket"}, True),
+    ("not-like-other", {"ArnNotLike": {"k:a": SOURCE}}, {"k:a": OTHER_SOURCE}, True),
+    ("not-like-same", {"ArnNotLike": {"k:a": SOURCE}}, {"k:a": SOURCE}, False),
+    ("not-equals-same", {"ArnNotEquals": {"k:a": SOURCE}}, {"k:a": SOURCE}, False),
+    ("not-equals-other", {"ArnNotEquals": {"k:a": SOURCE}}, {"k:a": OTHER_SOURCE}, True),
+    # A missing key: positive false, negated true, IfExists true.
+    ("like-missing", {"ArnLike": {"k:a": SOURCE}}, {}, False),
+    ("equals-missing", {"ArnEquals": {"k:a": SOURCE}}, {}, False),
+    ("not-like-missing", {"ArnNotLike": {"k:a": SOURCE}}, {}, True),
+    ("like-if-exists-missing", {"ArnLikeIfExists": {"k:a": SOURCE}}, {}, True),
+    ("like-if-exists-other", {"ArnLikeIfExists": {"k:a": SOURCE}}, {"k:a": OTHER_SOURCE}, False),
+    ("not-like-if-exists-same", {"ArnNotLikeIfExists": {"k:a": SOURCE}}, {"k:a": SOURCE}, False),
+    (
+        "any-value",
+        {"ForAnyValue:ArnLike": {"k:a": "arn:aws:s3:::acme-*"}},
+        {"k:a": [OTHER_SOURCE, SOURCE]},
+        True,
+    ),
+    ("any-value-missing", {"ForAnyValue:ArnLike": {"k:a": SOURCE}}, {}, False),
+    (
+        "all-values-one-other",
+        {"ForAllValues:ArnLike": {"k:a": "arn:aws:s3:::acme-*"}},
+        {"k:a": [SOURCE, OTHER_SOURCE]},
+        False,
+    ),
+    (
+        "all-values",
+        {"ForAllValues:ArnEquals": {"k:a": [SOURCE, OTHER_SOURCE]}},
+        {"k:a": [SOURCE, OTHER_SOURCE]},
+        True,
+    ),
+    ("all-values-missing", {"ForAllValues:ArnLike": {"k:a": SOURCE}}, {}, True),
+    (
+        "all-values-not-like",
+        {"ForAllValues:ArnNotLike": {"k:a": "arn:aws:s3:::acme-*"}},
+        {"k:a": [OTHER_SOURCE, "arn:aws:s3:::x"]},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("condition", "values", "expected"),
+    [case[1:] for case in ARN_CASES],
+    ids=[case[0] for case in ARN_CASES],
+)
+def test_arn_condition(
+    condition: dict[str, Any], values: dict[str, ContextValue], expected: bool
+) -> None:
+    decision = evaluate(policy_of(allow(Condition=condition)), request(values))
+    assert decision.allowed is expected
+
+
+def test_arn_condition_guards_a_deny() -> None:
+    """The log-delivery pattern: deny a source that is not this bucket, allow the rest."""
+    policy = policy_of(
+        allow(),
+        {
+            "Sid": "OnlyFromTheShare",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "kms:*",
+            "Resource": "*",
+            "Condition": {"ArnNotLike": {"aws:SourceArn": SOURCE}},
+        },
+    )
+    assert evaluate(policy, request({"aws:SourceArn": SOURCE})).allowed
+    denied = evaluate(policy, request({"aws:SourceArn": OTHER_SOURCE}))
+    assert (denied.effect, denied.statement_sid) == ("Deny", "OnlyFromTheShare")
+    assert evaluate(policy, request()).statement_sid == "OnlyFromTheShare"
