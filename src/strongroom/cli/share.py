@@ -78,7 +78,9 @@ def storage_options(default: str) -> Callable[[Callable[..., Any]], Callable[...
             "--profile", metavar="NAME", help="AWS profile (s3 backend) [default: the chain's]."
         ),
         click.option(
-            "--region", metavar="R", help="AWS region (s3 backend) [default: the chain's]."
+            "--region",
+            metavar="R",
+            help="AWS region (s3 backend) [default: the chain's, else the workspace's].",
         ),
         click.option(
             "--as",
@@ -195,7 +197,7 @@ def share_create_command(
         return
     ws = app.workspace()
     storage = where.open(ws)
-    names = storage.share_names(vendor)
+    names = storage.names(vendor)
     if vendor_account == names.host_account:
         raise UsageError(
             f"--vendor-account {vendor_account} is the host's own account",
@@ -340,7 +342,7 @@ def share_show_command(app: AppContext, vendor: str, where: StorageOptions) -> N
     storage = where.open(app.workspace())
     details = storage.show_share(vendor)
     share = details.share
-    names = storage.share_names(vendor)
+    names = storage.names(vendor)
     granted = grants(details.bucket_policy, names.host_account, share.bucket, share.vendor_account)
     index_problem = None
     try:
@@ -634,7 +636,7 @@ def publish_command(
             ref.bucket,
             items,
             kms_key=key if storage.backend != "local" else None,
-            publisher=storage.account_id,
+            publisher=storage.caller_account(),
             advance=advance,
         )
     entries = [item.entry for item in published.items]

@@ -17,6 +17,8 @@ Who makes the requests:
   the identity is not the environment's.
 - **s3**: the standard credential chain (``--profile``, ``AWS_*``, config
   files, SSO, instance roles); ``--as`` names a local identity and is refused.
+  The region: ``--region``, else the chain's (``AWS_DEFAULT_REGION``, the
+  profile's), else the workspace's (``config.toml``), as the key commands use.
   ``--profile``, ``--region`` and ``--endpoint-url`` are for s3 only and are
   refused on local (they would change nothing there).
 
@@ -152,9 +154,24 @@ def _open_s3(
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     state_dir.chmod(0o700)
     storage: Storage = module.S3Storage.open(
-        region=region, profile=profile, endpoint_url=endpoint_url, state_dir=state_dir
+        region=region or _chain_region(profile) or ws.config.region,
+        profile=profile,
+        endpoint_url=endpoint_url,
+        state_dir=state_dir,
     )
     return storage
+
+
+def _chain_region(profile: str | None) -> str | None:
+    """The region the standard chain names (AWS_DEFAULT_REGION, the profile's), if any."""
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        region = botocore.session.Session(profile=profile).get_config_variable("region")
+    except botocore.exceptions.BotoCoreError:
+        return None  # the backend says what is wrong with the profile
+    return region if isinstance(region, str) and region else None
 
 
 # --- naming a share -----------------------------------------------------------------

@@ -154,12 +154,11 @@ class Storage(Protocol):
 
     backend: str
 
-    @property
-    def account_id(self) -> str:
+    def caller_account(self) -> str:
         """The account whose credentials the backend was opened with (S3: STS says)."""
         ...
 
-    def share_names(self, vendor: str) -> ShareNames:
+    def names(self, vendor: str) -> ShareNames:
         """The names ``vendor``'s share has in the caller's account and region.
 
         ``share create``, ``show``, ``revoke``... name a share by its vendor:

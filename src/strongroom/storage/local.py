@@ -125,11 +125,10 @@ class LocalStorage:
         self.caller = caller
         self.region = region
 
-    @property
-    def account_id(self) -> str:
+    def caller_account(self) -> str:
         return self.caller.account_id
 
-    def share_names(self, vendor: str) -> ShareNames:
+    def names(self, vendor: str) -> ShareNames:
         """The names of ``vendor``'s share in the caller's account and region."""
         return ShareNames(check_vendor(vendor), self.caller.account_id, self.region)
 
@@ -193,7 +192,7 @@ class LocalStorage:
         return sorted(shares, key=lambda s: s.vendor)
 
     def show_share(self, vendor: str) -> ShareDetails:
-        record = self._read(self.share_names(vendor).bucket, vendor=vendor)
+        record = self._read(self.names(vendor).bucket, vendor=vendor)
         self._require(record, "s3:GetBucketPolicy")
         objects = self._list(record, "")
         settings: dict[str, Any] = {
@@ -216,7 +215,7 @@ class LocalStorage:
         )
 
     def delete_share(self, vendor: str, *, purge: bool) -> None:
-        record = self._read(self.share_names(vendor).bucket, vendor=vendor)
+        record = self._read(self.names(vendor).bucket, vendor=vendor)
         self._require(record, "s3:DeleteBucket")
         objects = self._list(record, "")
         if objects and not purge:
@@ -381,7 +380,7 @@ class LocalStorage:
         return tuple(sorted(found, key=lambda o: o.name))
 
     def _edit_policy(self, vendor: str, edit: Callable[[ShareRecord], dict[str, Any]]) -> Share:
-        bucket = self.share_names(vendor).bucket
+        bucket = self.names(vendor).bucket
         directory = self._share_dir(bucket)
         record = self._read(bucket, vendor=vendor)
         self._require(record, "s3:PutBucketPolicy")

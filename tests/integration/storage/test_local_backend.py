@@ -46,7 +46,7 @@ class Parties:
         )
         self.other = LocalStorage(ws.storage_dir, OTHER, region=region)
         self.vendor_account = vendor.account_id
-        self.names = self.host.share_names("acme")
+        self.names = self.host.names("acme")
 
     @property
     def bucket(self) -> str:
@@ -88,7 +88,7 @@ def a_file(tmp_path: Path, name: str, data: bytes) -> Path:
 def test_create_list_show_revoke_restore_delete(parties: Parties, tmp_path: Path) -> None:
     assert parties.host.list_shares() == []
     created = parties.host.create_share(parties.names, parties.vendor_account)
-    assert created.bucket == f"acme-code-bucket-{parties.host.account_id}-us-east-1"
+    assert created.bucket == f"acme-code-bucket-{parties.host.caller_account()}-us-east-1"
     assert (created.access, created.key_arn, created.backend) == ("open", None, "local")
     assert Path(created.location) == parties.ws.storage_dir / created.bucket
     record = (parties.ws.storage_dir / created.bucket / "share.json").stat()
