@@ -593,7 +593,7 @@ def publish_command(
     prefix: str,
     where: StorageOptions,
 ) -> None:
-    """Upload FILE... into a share, then an index of them for the host (vendor; runbook 2.3).
+    """Upload FILE... into a share, then an index of them for the host (runbook 2.3.1, 2.3.2).
 
     \b
     Each file becomes the object PREFIX + its name. Its size, SHA-256, kind
@@ -603,7 +603,8 @@ def publish_command(
     downloads. Every file is described before anything is uploaded. The
     uploads carry what the share's policy demands (SSE aws:kms, the
     bucket-owner-full-control ACL, HTTPS); after `share revoke` the share
-    refuses them (exit 5).
+    refuses them (exit 5). On s3 a large file goes up in parts, and the same
+    publish run again after a failure resumes where it stopped.
 
     \b
     Example:

@@ -103,7 +103,10 @@ def grants(
     :func:`decide`: what it says is what the local backend enforces, and what
     S3 decides for the same requests (the host's IAM aside).
     """
-    from strongroom.storage.policies import SSE_ALGORITHM, VENDOR_ACL
+    from strongroom.storage.policies import SSE_ALGORITHM, VENDOR_ACL, VERSION
+
+    if not policy.get("Statement"):  # a bucket with no policy at all: no statement grants
+        policy = {"Version": VERSION, "Statement": []}
 
     other_account = next(
         a for a in ("111111111111", "222222222222", "333333333333")

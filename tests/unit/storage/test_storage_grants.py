@@ -56,3 +56,10 @@ def test_the_third_account_is_neither_party() -> None:
         found = grants(policies.bucket_policy(names, vendor), owner, names.bucket, vendor)
         other = next(g for g in found if g.who.startswith("another"))
         assert owner not in other.who and vendor not in other.who
+
+
+def test_no_policy_at_all_grants_the_owner_only() -> None:
+    got = answers({})
+    assert got[("vendor", PUT)] == (False, None)
+    assert got[("host", "read an object")] == (True, None)
+    assert got[("host", "read an object over plain HTTP")] == (True, None)
