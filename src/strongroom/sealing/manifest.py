@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from strongroom._internal import strict_json
 from strongroom.errors import InvalidInputError, NotFoundError, StrongroomError, UsageError
 from strongroom.sealing.format import MAX_MANIFEST_BYTES
 from strongroom.sealing.tree import ExtractLimits, name_problem
@@ -253,12 +254,7 @@ class AppManifest:
                 f"{source} is larger than {MAX_MANIFEST_BYTES} bytes", hint=_CANONICAL_HINT
             )
         try:
-            value = json.loads(
-                data.decode("utf-8"),
-                object_pairs_hook=_no_duplicate_keys,
-                parse_float=_refuse_number,
-                parse_constant=_refuse_number,
-            )
+            value = strict_json.loads(data)
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInputError(
                 f"{source} is not valid JSON: {exc}", hint=_CANONICAL_HINT
@@ -596,16 +592,3 @@ def _read_up_to(fd: int, size: int) -> bytes:
         parts.append(part)
         size -= len(part)
     return b"".join(parts)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _refuse_number(text: str) -> Any:
-    raise ValueError(f"unexpected number {text}")

@@ -59,6 +59,7 @@ from pydantic import (
     model_validator,
 )
 
+from strongroom._internal import strict_json
 from strongroom.errors import InvalidInputError, TamperedError
 from strongroom.storage.base import INDEX_PREFIX, check_object_name
 
@@ -186,12 +187,7 @@ class IndexDocument(BaseModel):
         if len(data) > MAX_INDEX_BYTES:
             raise TamperedError(f"{name} is larger than {MAX_INDEX_BYTES} bytes", hint=_HINT)
         try:
-            raw = json.loads(
-                data.decode("utf-8"),
-                object_pairs_hook=_no_duplicates,
-                parse_float=_no_float,
-                parse_constant=_no_float,
-            )
+            raw = strict_json.loads(data)
         except (UnicodeDecodeError, ValueError) as e:
             raise TamperedError(
                 f"{name} is not a JSON document (truncated?): {e}", hint=_HINT
@@ -312,16 +308,3 @@ def image_measurements(path: Path) -> dict[str, str]:
     if not described.get("CheckCRC"):
         raise TamperedError(f"{path} is a damaged image: its CRC check fails")
     return {k: v for k, v in described["Measurements"].items() if _PCR_NAME.fullmatch(k)}
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_float(text: str) -> Any:
-    raise ValueError(f"a number that is not an integer ({text[:32]})")
