@@ -607,13 +607,17 @@ async def _while_connected(request: Request, work: Callable[[threading.Event], s
             pass
         gone.set()
 
-    result = ""
+    result: str | BaseException = ""
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
         try:
             result = await run_in_threadpool(work, gone)
+        except Exception as e:  # raised below, as itself (a task group would wrap it)
+            result = e
         finally:
             group.cancel_scope.cancel()
+    if isinstance(result, BaseException):
+        raise result
     return result
 
 

@@ -326,12 +326,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an integer when it is one (``2.0``, ``1e3``:
+    JSON Schema's ``integer`` is a value, not a spelling)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def strict_json(raw: bytes) -> Any:
     """Standard JSON only: no NaN or Infinity, no duplicate keys, UTF-8."""
     try:
         return json.loads(
             raw.decode("utf-8"),
             parse_constant=_refuse_constant,
+            parse_float=_number,
             object_pairs_hook=_no_duplicates,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -232,9 +232,10 @@ def _links(**targets: dict[str, Any]) -> dict[str, Any]:
     return {"links": {name: link for name, link in targets.items()}}
 
 
-def _by_path(operation_id: str, **body: Any) -> dict[str, Any]:
-    """A link to ``operation_id`` for the entry the answer names (its ``path``)."""
-    if body:
+def _by_path(operation_id: str, _body: bool = False, **body: Any) -> dict[str, Any]:
+    """A link to ``operation_id`` for the entry the answer names (its ``path``), in its
+    query or (``_body``, or other fields given) in its JSON body."""
+    if body or _body:
         return {
             "operationId": operation_id,
             "requestBody": {"path": "$response.body#/path", **body},
@@ -251,7 +252,7 @@ def _entry_links() -> dict[str, Any]:
         "Chmod": _by_path("chmod", mode=0o640),
         "SetTimes": _by_path("setTimes", atime=1_600_000_000, mtime=1_600_000_000.5),
         "Truncate": _by_path("truncate", size=3),
-        "Fsync": _by_path("fsync"),
+        "Fsync": _by_path("fsync", _body=True),
         "Remove": _by_path("remove"),
     }
 
@@ -343,7 +344,8 @@ def _paths() -> dict[str, Any]:
         (*_FILES, 503),
         headers=[_CHECK_KEY],
         requestBody={
-            "required": True,
+            "required": False,
+            "description": "the bytes (none: an empty write, e.g. a new empty file)",
             "content": {
                 "application/octet-stream": {"schema": _BINARY, "example": "hello, enclave\n"}
             },
