@@ -156,9 +156,18 @@ def problem_body(name: str, message: str, hint: str | None, errno: str | None = 
     return json.dumps(body).encode()
 
 
+def error_name(error: StrongroomError) -> str:
+    """The class a client knows the error by: the nearest one of :mod:`strongroom.errors`
+    (the server's own subclasses, such as :class:`RequestError`, are not on the wire)."""
+    for cls in type(error).__mro__:
+        if cls.__module__ == "strongroom.errors":
+            return cls.__name__
+    return "StrongroomError"
+
+
 def problem(error: StrongroomError) -> JSONResponse:
     body: dict[str, str | None] = {
-        "error": type(error).__name__,
+        "error": error_name(error),
         "message": error.message,
         "hint": error.hint or None,
     }
