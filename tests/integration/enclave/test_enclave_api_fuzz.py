@@ -34,11 +34,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.integration.enclave.conftest import make_workspace, start, teardown_workspace
+from tests.tcp_relay import tcp_relay
 
 from strongroom.enclave.sandbox import EnclavePaths
 from strongroom.image import build_image
-from tests.integration.enclave.conftest import make_workspace, start, teardown_workspace
-from tests.tcp_relay import tcp_relay
 
 NAME = "fuzzed"
 HERE = Path(__file__).parent / "fuzz"
