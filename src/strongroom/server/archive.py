@@ -63,6 +63,7 @@ from strongroom.server.files import (
     TIME_MIN,
     FileStat,
     SharedFolder,
+    _open_directory,
     _translate,
     kept_mode,
     refuse_existing,
@@ -149,7 +150,9 @@ class _Directories:
                 except FileNotFoundError:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    child = _open_directory(fd, part, path)
+                except OSError:
+                    child = _open_directory(fd, part, path)  # says why: a symlink, a file
                 os.close(fd)
                 fd = child
         except OSError as e:
