@@ -9,7 +9,8 @@
 - **Unbounded work**: ``truncate`` to 2**63-1 was accepted, and a checksum of
   that sparse file hashed forever at 100% of a core, even after the client
   left. Now no file can be made to end beyond the shared folder's size
-  (413, ``EFBIG``), and a checksum stops when its client goes away.
+  (413: ``EFBIG`` for a truncation, ``ENOSPC`` for a write), and a checksum
+  stops when its client goes away.
 - **Unbounded integers**: offsets and sizes of 2**63 and more, or written
   with Unicode digits, were 500s with a text body; times of 1e300 or
   ``Infinity`` too. Now each is a 400 Problem, before any work.
@@ -130,7 +131,7 @@ def test_no_file_can_end_beyond_the_shared_folder(enclave: Enclave) -> None:
                 "/v1/files/content", params={"path": "/sparse", "offset": too_big}, content=b"x"
             ),
             413,
-            "EFBIG",
+            "ENOSPC",  # a write: what a full filesystem says
         )
     assert api.get("/v1/files/stat", params={"path": "/sparse"}).json()["size"] == 0
     # up to the folder's size is fine (a sparse file costs nothing)

@@ -381,7 +381,7 @@ class FilesApi:
                 InsufficientSpaceError(
                     f"{path}: the write would end beyond the shared folder's size ({limit})"
                 ),
-                "EFBIG",
+                "ENOSPC",  # what a full filesystem says (the mount hands it to the kernel)
             )
         # a whole-file write goes to a temporary sibling and is renamed at the end,
         # so an interrupted upload never leaves a truncated file under its final name
@@ -686,7 +686,7 @@ class _FileWriter:
                 if self._error is None:
                     end = self._offset + self._written + sum(len(c) for c in batch)
                     if end > self._limit:
-                        raise OSError(errno.EFBIG, "beyond the shared folder's size")
+                        raise OSError(errno.ENOSPC, "beyond the shared folder's size")
                     for chunk in batch:
                         self._digest.update(chunk)
                     self._written += _pwritev_all(self._fd, batch, self._offset + self._written)
