@@ -64,9 +64,7 @@ def bucket_policy(names: ShareNames, vendor_account: str) -> dict[str, Any]:
                 "Principal": "*",
                 "Action": ["s3:PutObject"],
                 "Resource": objects,
-                "Condition": {
-                    "StringNotEquals": {"s3:x-amz-server-side-encryption": SSE_ALGORITHM}
-                },
+                "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": SSE_ALGORITHM}},
             },
             {
                 "Sid": DENY_UNENCRYPTED_SID,

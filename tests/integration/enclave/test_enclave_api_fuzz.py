@@ -89,13 +89,15 @@ def schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]:
     ]
     env = {
         **os.environ,
+        # the hooks import from the repository; the run's cache stays out of it
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "SCHEMATHESIS_HOOKS": "tests.integration.enclave.fuzz.hooks",
         "NO_COLOR": "1",
         "COLUMNS": "120",
     }
     return subprocess.run(
         command,
-        cwd=ROOT,
+        cwd=report.parent,
         env=env,
         capture_output=True,
         text=True,
