@@ -87,7 +87,10 @@ def test_a_symlink_out_of_the_folder_is_refused(enclave: Enclave, link: str, tar
     assert 400 <= response.status_code < 500, response.text
     body = response.json()
     assert body["error"] in {"PathEscapeError", "InvalidInputError"}, body
-    assert body.get("errno") in {"EPERM", "EINVAL"}, body
+    if "\x00" in target:  # the description forbids it: a 400 before any filesystem call
+        assert response.status_code == 400, body
+    else:
+        assert body.get("errno") in {"EPERM", "EINVAL"}, body
     assert not _exists(enclave.api, link)
 
 
@@ -101,7 +104,7 @@ def test_a_symlink_down_the_folder_is_made_read_and_never_followed(enclave: Encl
     assert api.get("/v1/files/stat", params={"path": "/input"}).json()["type"] == "symlink"
     # the server reads through no symlink, not even one it made
     read = api.get("/v1/files/content", params={"path": "/input"})
-    assert read.status_code == 400 and read.json()["error"] == "PathEscapeError"
+    assert read.status_code == 403 and read.json()["error"] == "PathEscapeError"
     # where the app runs, it resolves inside the shared folder, and still does once moved
     moved = api.post("/v1/files/rename", json={"source": "/input", "destination": "/out/input"})
     assert moved.status_code == 200, moved.text
@@ -116,7 +119,7 @@ def test_a_symlink_down_the_folder_is_made_read_and_never_followed(enclave: Encl
 
 def test_readlink_of_what_is_not_a_symlink_says_so(enclave: Enclave) -> None:
     response = enclave.api.get("/v1/files/readlink", params={"path": "/data/x.csv"})
-    assert response.status_code == 400 and response.json()["errno"] == "EINVAL"
+    assert response.status_code == 409 and response.json()["errno"] == "EINVAL"
 
 
 @pytest.mark.parametrize(
@@ -153,4 +156,4 @@ def test_fsync_flushes_a_file_and_refuses_what_is_not_one(enclave: Enclave) -> N
     missing = api.post("/v1/files/fsync", json={"path": "/nothing"})
     assert missing.status_code == 404 and missing.json()["errno"] == "ENOENT"
     through = api.post("/v1/files/fsync", json={"path": "/app-link"})
-    assert through.status_code == 400, through.text  # not followed to /etc/hostname
+    assert through.status_code == 403, through.text  # not followed to /etc/hostname

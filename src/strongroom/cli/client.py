@@ -661,7 +661,7 @@ def _stream_run(app: AppContext, events: Any) -> int:
     """
     sink = _JsonEvents() if app.json else _Terminal()
     try:
-        for event in events:
+        for event in _refusal_as_event(events):
             kind = event["type"]
             sink.event(event)
             if kind == "exit":
@@ -766,6 +766,26 @@ _ERRORS_BY_CODE: dict[int, type[StrongroomError]] = {
     6: UnavailableError,
     7: NotFoundError,
 }
+
+
+def _refusal_as_event(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The run's events; a run the enclave refused before its stream began (a Problem,
+    raised by the client) comes as the ``error`` event it used to be, so ``--json``
+    readers see one shape either way."""
+    try:
+        first = next(events)
+    except StopIteration:
+        return
+    except StrongroomError as e:
+        first = {
+            "type": "error",
+            "error": type(e).__name__,
+            "message": e.message,
+            "hint": e.hint or None,
+            "exit_code": e.exit_code,
+        }
+    yield first
+    yield from events
 
 
 def _run_error(event: dict[str, Any]) -> StrongroomError:

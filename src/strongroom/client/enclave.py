@@ -331,7 +331,9 @@ class EnclaveClient:
         self._call("POST", "/v1/files/mkdir", json={"path": path, "parents": parents})
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
-        self._call("DELETE", "/v1/files", params={"path": path, "recursive": str(recursive)})
+        self._call(
+            "DELETE", "/v1/files", params={"path": path, "recursive": str(recursive).lower()}
+        )
 
     def checksum(self, path: str) -> str:
         result: str = self._call("GET", "/v1/files/checksum", params={"path": path})["sha256"]
@@ -396,8 +398,12 @@ class EnclaveClient:
     def set_times(self, path: str, atime: float, mtime: float) -> None:
         self._call("POST", "/v1/files/times", json={"path": path, "atime": atime, "mtime": mtime})
 
-    def chmod(self, path: str, mode: int) -> None:
-        self._call("POST", "/v1/files/chmod", json={"path": path, "mode": mode})
+    def chmod(self, path: str, mode: int) -> int:
+        """Set ``path``'s permission bits; the mode the enclave applied (its owner, the
+        enclave server, keeps read and write, and search on a directory)."""
+        answer = self._call("POST", "/v1/files/chmod", json={"path": path, "mode": mode})
+        applied = answer.get("mode") if isinstance(answer, dict) else None
+        return applied if isinstance(applied, int) and not isinstance(applied, bool) else mode
 
     def symlink(self, path: str, target: str) -> None:
         self._call("POST", "/v1/files/symlink", json={"path": path, "target": target})

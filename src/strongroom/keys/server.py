@@ -779,6 +779,10 @@ def json_depth_exceeds(raw: bytes, limit: int) -> bool:
 _JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _parse_json(raw: bytes) -> Params:
     if json_depth_exceeds(raw, MAX_JSON_DEPTH):
         raise KmsError(
@@ -786,7 +790,8 @@ def _parse_json(raw: bytes) -> Params:
             f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
         )
     try:
-        params = json.loads(raw or b"{}")
+        # standard JSON only, as KMS: NaN and Infinity are no JSON values
+        params = json.loads(raw or b"{}", parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise KmsError("SerializationException", "the request body is not valid JSON") from None
     if not isinstance(params, dict):

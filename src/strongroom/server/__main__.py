@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import socket
 import sys
 import time
@@ -167,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--memory-mib", type=int, default=None, help="the enclave's memory (default: all of it)"
     )
     args = parser.parse_args(argv)
+    # the enclave's log (its console: debug enclaves only) gets the tracebacks of our
+    # own faults, from the API's error guard; callers never see them
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     try:
         make_undumpable()
         pins = VendorPins.load(Path(args.pins))

@@ -60,10 +60,10 @@ import queue
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -71,9 +71,6 @@ from starlette.routing import Route
 
 from strongroom._internal.integrity import KEY_HEADER, StreamCheck, parse_key
 from strongroom.errors import (
-    AccessDeniedError,
-    AlreadyExistsError,
-    EvidenceError,
     InsufficientSpaceError,
     InvalidInputError,
     NotFoundError,
@@ -83,9 +80,25 @@ from strongroom.errors import (
 )
 from strongroom.keys.base import KeyService
 from strongroom.server import archive, runs
-from strongroom.server.files import READ_CHUNK, FileStat, SharedFolder, chunks, split_path
+from strongroom.server.files import (
+    MAX_PATH,
+    READ_CHUNK,
+    TIME_MAX,
+    TIME_MIN,
+    FileStat,
+    SharedFolder,
+    chunks,
+    split_path,
+)
+from strongroom.server.http import (
+    MAX_OFFSET,
+    Query,
+    json_body,
+    parse_query,
+    problem,
+    route,
+)
 
-MAX_JSON_BODY = 64 * 1024
 #: Uploads are written in batches of at least this many bytes (one ``pwritev``)...
 WRITE_BATCH = 1024 * 1024
 #: ...or of this many chunks (well below ``IOV_MAX``, 1024 on Linux)...
@@ -99,51 +112,113 @@ SMALL_FILE = 1024 * 1024
 MAX_ARGS = 256
 #: Key-service clients kept for sessions that may serve another run.
 KEY_SERVICE_CLIENTS = 8
-MAX_ARG_BYTES = 8192
+#: Longest argument or environment value, in characters (the whole body is at most
+#: MAX_JSON_BODY bytes, well within the kernel's limits on an exec).
+MAX_ARG = 8192
+
+#: The query parameters of each Files operation (parsed by :func:`.http.parse_query`,
+#: described by :mod:`.openapi`); operations not named here take none.
+PATH = Query("path", "path", required=True, example="/from_server.txt")
+DIRECTORY = Query("path", "path", required=True, example="/")
+QUERIES: dict[tuple[str, str], tuple[Query, ...]] = {
+    ("/v1/files/stat", "get"): (DIRECTORY,),
+    ("/v1/files/list", "get"): (DIRECTORY,),
+    ("/v1/files/content", "get"): (
+        PATH,
+        Query("offset", "integer", default=0, description="where to start, in bytes"),
+        Query("length", "integer", description="bytes at most (default: to the end)"),
+    ),
+    ("/v1/files/content", "put"): (
+        PATH,
+        Query(
+            "offset",
+            "integer",
+            default=0,
+            description="where to write; offset plus the body's length may not pass the "
+            "shared folder's size (413)",
+        ),
+        Query(
+            "truncate",
+            "boolean",
+            default=False,
+            description="truncate first; with offset 0 the write replaces the file "
+            "atomically (a temporary renamed into place)",
+        ),
+        Query("create", "boolean", default=True, description="create the file if missing"),
+    ),
+    ("/v1/files/checksum", "get"): (PATH,),
+    ("/v1/files/archive", "post"): (DIRECTORY,),
+    ("/v1/files/archive", "get"): (
+        DIRECTORY,
+        Query(
+            "max_size",
+            "integer",
+            default=archive.MAX_DOWNLOAD_MEMBER,
+            maximum=archive.MAX_DOWNLOAD_MEMBER,
+            description="larger files are left out",
+        ),
+    ),
+    ("/v1/files", "delete"): (
+        PATH,
+        Query("recursive", "boolean", default=False, description="remove a directory's tree"),
+    ),
+    ("/v1/files/readlink", "get"): (PATH,),
+}
+
+
+def query(request: Request, path: str) -> dict[str, Any]:
+    """The request's query parameters, as :data:`QUERIES` declares them for ``path``."""
+    return parse_query(request, QUERIES.get((path, request.method.lower()), ()))
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_NO_NUL = "^[^\\x00]*$"
+#: A shared-folder path in a body (its meaning: :mod:`.files`; as a query: ``PATH``).
+_PATH = Field(max_length=MAX_PATH, pattern=_NO_NUL)
 
 
 class MkdirBody(_Body):
-    path: str = Field(max_length=4096)
+    path: str = _PATH
     parents: bool = False
 
 
 class RenameBody(_Body):
-    source: str = Field(max_length=4096)
-    destination: str = Field(max_length=4096)
+    source: str = _PATH
+    destination: str = _PATH
 
 
 class TruncateBody(_Body):
-    path: str = Field(max_length=4096)
-    size: int = Field(ge=0)
+    path: str = _PATH
+    #: at most the shared folder's size (413 beyond it)
+    size: int = Field(ge=0, le=MAX_OFFSET)
 
 
 class TimesBody(_Body):
-    path: str = Field(max_length=4096)
-    atime: float
-    mtime: float
+    path: str = _PATH
+    atime: float = Field(ge=TIME_MIN, le=TIME_MAX)
+    mtime: float = Field(ge=TIME_MIN, le=TIME_MAX)
 
 
 class ChmodBody(_Body):
-    path: str = Field(max_length=4096)
+    path: str = _PATH
     mode: int = Field(ge=0, le=0o777)
 
 
 class SymlinkBody(_Body):
-    path: str = Field(max_length=4096)
-    target: str = Field(min_length=1, max_length=4096)
+    path: str = _PATH
+    target: str = Field(min_length=1, max_length=MAX_PATH, pattern=_NO_NUL)
 
 
 class LinkBody(_Body):
-    source: str = Field(max_length=4096)
-    destination: str = Field(max_length=4096)
+    source: str = _PATH
+    destination: str = _PATH
 
 
 class FsyncBody(_Body):
-    path: str = Field(max_length=4096)
+    path: str = _PATH
 
 
 # The host sends STS session credentials scoped to kms:Decrypt on the package's
@@ -154,8 +229,8 @@ class FsyncBody(_Body):
 class Credentials(_Body):
     """The host's key-service credentials for one run. Never logged, never stored."""
 
-    access_key_id: str = Field(max_length=128)
-    secret_access_key: str = Field(max_length=256, repr=False)
+    access_key_id: str = Field(min_length=1, max_length=128)
+    secret_access_key: str = Field(min_length=1, max_length=256, repr=False)
     session_token: str | None = Field(default=None, max_length=4096, repr=False)
 
 
@@ -167,84 +242,19 @@ class KeyServiceRef(_Body):
 
 
 class RunRequest(_Body):
-    package: str = Field(max_length=4096)
+    package: str = _PATH
     #: None: the manifest's only entry
-    entry: str | None = Field(default=None, max_length=4096)
-    args: list[str] = Field(default_factory=list, max_length=MAX_ARGS)
-    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    entry: str | None = Field(default=None, max_length=MAX_PATH, pattern=_NO_NUL)
+    args: list[Annotated[str, Field(max_length=MAX_ARG, pattern=_NO_NUL)]] = Field(
+        default_factory=list, max_length=MAX_ARGS
+    )
+    env: dict[
+        Annotated[str, Field(min_length=1, max_length=256, pattern="^[^\\x00=]+$")],
+        Annotated[str, Field(max_length=MAX_ARG, pattern=_NO_NUL)],
+    ] = Field(default_factory=dict, max_length=128)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     credentials: Credentials
     key_service: KeyServiceRef
-
-
-def problem_status(error: StrongroomError) -> int:
-    for cls, status in (
-        (NotFoundError, 404),
-        (AlreadyExistsError, 409),
-        (AccessDeniedError, 403),
-        (EvidenceError, 422),
-        (UsageError, 400),
-        (InvalidInputError, 400),
-        (UnavailableError, 503),
-    ):
-        if isinstance(error, cls):
-            return status
-    return 500
-
-
-def problem(error: StrongroomError) -> JSONResponse:
-    body: dict[str, str | None] = {
-        "error": type(error).__name__,
-        "message": error.message,
-        "hint": error.hint,
-    }
-    if error.errno_name is not None:
-        body["errno"] = error.errno_name
-    return JSONResponse(body, status_code=problem_status(error))
-
-
-Handler = Callable[[Request], Any]
-
-
-def _guarded(handler: Handler) -> Handler:
-    async def wrapper(request: Request) -> Response:
-        try:
-            result: Response = await handler(request)
-            return result
-        except StrongroomError as e:
-            return problem(e)
-
-    return wrapper
-
-
-async def _json_body(request: Request, model: type[_Body]) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BODY:
-        raise InvalidInputError(f"request body larger than {MAX_JSON_BODY} bytes")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInputError(f"invalid request: {where}: {first['msg']}") from None
-
-
-def _query_int(request: Request, name: str, default: int | None = None) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise InvalidInputError(f"query parameter {name} must be a non-negative integer")
-    return int(value)
-
-
-def _query_flag(request: Request, name: str, default: bool = False) -> bool:
-    value = request.query_params.get(name)
-    return default if value is None else value.lower() in {"1", "true", "yes"}
-
-
-def _path(request: Request) -> str:
-    return request.query_params.get("path", "")
 
 
 class Temporaries:
@@ -324,21 +334,22 @@ class FilesApi:
         self.temporaries = Temporaries()
 
     async def stat(self, request: Request) -> Response:
-        entry = await run_in_threadpool(self.shared.stat, _path(request))
+        entry = await run_in_threadpool(self.shared.stat, query(request, "/v1/files/stat")["path"])
         return JSONResponse(entry.to_json())
 
     async def listdir(self, request: Request) -> Response:
+        path = query(request, "/v1/files/list")["path"]
+
         def visible() -> list[FileStat]:
             self.temporaries.sweep(self.shared)
-            return self.temporaries.hidden(self.shared.list(_path(request)))
+            return self.temporaries.hidden(self.shared.list(path))
 
         entries = await run_in_threadpool(visible)
         return JSONResponse({"entries": [e.to_json() for e in entries]})
 
     async def read(self, request: Request) -> Response:
-        path = _path(request)
-        offset = _query_int(request, "offset", 0) or 0
-        length = _query_int(request, "length")
+        q = query(request, "/v1/files/content")
+        path, offset, length = q["path"], q["offset"], q["length"]
         fd, size, small = await run_in_threadpool(_open_sized, self.shared, path, offset, length)
         sending = max(0, size - offset) if length is None else max(0, min(length, size - offset))
         if small is not None:
@@ -354,20 +365,30 @@ class FilesApi:
         )
 
     async def write(self, request: Request) -> Response:
-        path = _path(request)
-        offset = _query_int(request, "offset", 0) or 0
-        truncate = _query_flag(request, "truncate")
-        create = _query_flag(request, "create", True)
+        q = query(request, "/v1/files/content")
+        path, offset, truncate, create = q["path"], q["offset"], q["truncate"], q["create"]
         whole = offset == 0 and truncate
         parts = split_path(path)
         if not parts:
-            raise UsageError("a file path is needed")
+            raise _with_errno(UsageError("a file path is needed, not the folder's root"), "EISDIR")
+        key = _check_key(request)
+        declared = request.headers.get("content-length", "")
+        # nothing is written beyond the shared folder's size (a sparse file there
+        # costs nothing, but a checksum of it would hash every byte)
+        limit = await run_in_threadpool(self.shared.capacity)
+        if offset + (int(declared) if declared.isdigit() else 0) > limit:
+            raise _with_errno(
+                InsufficientSpaceError(
+                    f"{path}: the write would end beyond the shared folder's size ({limit})"
+                ),
+                "ENOSPC",  # what a full filesystem says (the mount hands it to the kernel)
+            )
         # a whole-file write goes to a temporary sibling and is renamed at the end,
         # so an interrupted upload never leaves a truncated file under its final name
         if not whole:
-            return await self._write_in_place(request, path, parts, offset, truncate, create)
-        key = _check_key(request)
-        declared = request.headers.get("content-length", "")
+            return await self._write_in_place(
+                request, path, parts, offset, truncate, create, key, limit
+            )
         if key is None and declared.isdigit() and int(declared) <= SMALL_FILE:
             # a small whole file: read it here, then one thread hop checks, writes
             # it under its temporary name and renames it (no writer thread)
@@ -391,7 +412,7 @@ class FilesApi:
             self.temporaries.done(target)
             raise
         try:
-            written, digest = await _receive(request, _FileWriter(fd, offset, key))
+            written, digest = await _receive(request, _FileWriter(fd, offset, key, limit))
             await run_in_threadpool(self.shared.rename, target, path)
         except BaseException:
             # shielded: a cancelled request (the client is gone) must still clean up
@@ -413,18 +434,19 @@ class FilesApi:
         offset: int,
         truncate: bool,
         create: bool,
+        key: bytes | None,
+        limit: int,
     ) -> Response:
         """A partial write (at an offset, or into an existing file): no temporary."""
-        key = _check_key(request)
         fd = await run_in_threadpool(
             self.shared.open_write, path, create=create, truncate=truncate, exclusive=False
         )
-        written, digest = await _receive(request, _FileWriter(fd, offset, key))
+        written, digest = await _receive(request, _FileWriter(fd, offset, key, limit))
         return JSONResponse(_written("/" + "/".join(parts), written, digest, key))
 
     async def write_archive(self, request: Request) -> Response:
         """``POST /v1/files/archive?path=DIR``: extract a streamed tar (see :mod:`.archive`)."""
-        directory = _path(request)
+        directory = query(request, "/v1/files/archive")["path"]
         await run_in_threadpool(self.temporaries.sweep, self.shared)
         body = archive.BodyStream(WRITE_QUEUE)
         extraction = _Extraction(
@@ -449,110 +471,154 @@ class FilesApi:
 
     async def read_archive(self, request: Request) -> Response:
         """``GET /v1/files/archive?path=DIR``: the small files below DIR as one tar stream."""
-        directory = _path(request)
-        max_size = _query_int(request, "max_size", archive.MAX_DOWNLOAD_MEMBER)
-        limit = archive.MAX_DOWNLOAD_MEMBER if max_size is None else max_size
-        if limit > archive.MAX_DOWNLOAD_MEMBER:
-            raise InvalidInputError(
-                f"max_size may be at most {archive.MAX_DOWNLOAD_MEMBER} bytes",
-                hint="fetch larger files one by one with GET /v1/files/content",
-            )
+        q = query(request, "/v1/files/archive")
+        directory, limit = q["path"], q["max_size"]
         entry = await run_in_threadpool(self.shared.stat, directory)
         if entry.type != "dir":
-            raise UsageError(f"{entry.path}: not a directory")
+            raise _with_errno(UsageError(f"{entry.path}: not a directory"), "ENOTDIR")
         chunks = archive.archive_chunks(self.shared, directory, limit, self.temporaries.hidden)
         return StreamingResponse(_iterate_in_thread(chunks), media_type="application/x-tar")
 
     async def checksum(self, request: Request) -> Response:
-        path = _path(request)
+        path = query(request, "/v1/files/checksum")["path"]
         key = _check_key(request)
 
-        def compute() -> str:
+        def compute(gone: threading.Event) -> str:
             digest = hashlib.sha256() if key is None else StreamCheck(key)
-            for chunk in self.shared.read(path):
-                digest.update(chunk)
+            pieces = self.shared.read(path)
+            try:
+                for chunk in pieces:
+                    if gone.is_set():  # nobody is waiting for the answer
+                        raise _ClientGone("the client went away")
+                    digest.update(chunk)
+            finally:
+                pieces.close()
             return digest.hexdigest()
 
         field = "sha256" if key is None else "check"
-        return JSONResponse({"path": path, field: await run_in_threadpool(compute)})
+        return JSONResponse({"path": path, field: await _while_connected(request, compute)})
 
     async def mkdir(self, request: Request) -> Response:
-        body = await _json_body(request, MkdirBody)
+        query(request, "/v1/files/mkdir")
+        body = await json_body(request, MkdirBody)
         await run_in_threadpool(self.shared.mkdir, body.path, parents=body.parents)
-        return JSONResponse({"ok": True})
+        return _done(body.path)
 
     async def remove(self, request: Request) -> Response:
-        await run_in_threadpool(
-            self.shared.remove, _path(request), recursive=_query_flag(request, "recursive")
-        )
-        return JSONResponse({"ok": True})
+        q = query(request, "/v1/files")
+        await run_in_threadpool(self.shared.remove, q["path"], recursive=q["recursive"])
+        return _done(q["path"])
 
     async def rename(self, request: Request) -> Response:
-        body = await _json_body(request, RenameBody)
+        query(request, "/v1/files/rename")
+        body = await json_body(request, RenameBody)
         await run_in_threadpool(self.shared.rename, body.source, body.destination)
-        return JSONResponse({"ok": True})
+        return _done(body.destination)
 
     async def truncate(self, request: Request) -> Response:
-        body = await _json_body(request, TruncateBody)
+        query(request, "/v1/files/truncate")
+        body = await json_body(request, TruncateBody)
         await run_in_threadpool(self.shared.truncate, body.path, body.size)
-        return JSONResponse({"ok": True})
+        return _done(body.path)
 
     async def times(self, request: Request) -> Response:
-        body = await _json_body(request, TimesBody)
+        query(request, "/v1/files/times")
+        body = await json_body(request, TimesBody)
         await run_in_threadpool(self.shared.set_times, body.path, body.atime, body.mtime)
-        return JSONResponse({"ok": True})
+        return _done(body.path)
 
     async def chmod(self, request: Request) -> Response:
-        body = await _json_body(request, ChmodBody)
-        await run_in_threadpool(self.shared.chmod, body.path, body.mode)
-        return JSONResponse({"ok": True})
+        query(request, "/v1/files/chmod")
+        body = await json_body(request, ChmodBody)
+        mode = await run_in_threadpool(self.shared.chmod, body.path, body.mode)
+        return _done(body.path, mode=mode)
 
     async def statfs(self, request: Request) -> Response:
+        query(request, "/v1/files/statfs")
         return JSONResponse(await run_in_threadpool(self.shared.statfs))
 
     async def symlink(self, request: Request) -> Response:
-        body = await _json_body(request, SymlinkBody)
+        query(request, "/v1/files/symlink")
+        body = await json_body(request, SymlinkBody)
         await run_in_threadpool(self.shared.symlink, body.path, body.target)
-        return JSONResponse({"ok": True})
+        return _done(body.path)
 
     async def readlink(self, request: Request) -> Response:
-        path = _path(request)
+        path = query(request, "/v1/files/readlink")["path"]
         return JSONResponse(
             {"path": path, "target": await run_in_threadpool(self.shared.readlink, path)}
         )
 
     async def link(self, request: Request) -> Response:
-        body = await _json_body(request, LinkBody)
+        query(request, "/v1/files/link")
+        body = await json_body(request, LinkBody)
         await run_in_threadpool(self.shared.link, body.source, body.destination)
-        return JSONResponse({"ok": True})
+        return _done(body.destination)
 
     async def fsync(self, request: Request) -> Response:
-        body = await _json_body(request, FsyncBody)
+        query(request, "/v1/files/fsync")
+        body = await json_body(request, FsyncBody)
         await run_in_threadpool(self.shared.fsync, body.path)
-        return JSONResponse({"ok": True})
+        return _done(body.path)
 
     def routes(self) -> list[Route]:
-        g = _guarded
         return [
-            Route("/v1/files/stat", g(self.stat), methods=["GET"]),
-            Route("/v1/files/list", g(self.listdir), methods=["GET"]),
-            Route("/v1/files/content", g(self.read), methods=["GET"]),
-            Route("/v1/files/content", g(self.write), methods=["PUT"]),
-            Route("/v1/files/checksum", g(self.checksum), methods=["GET"]),
-            Route("/v1/files/archive", g(self.write_archive), methods=["POST"]),
-            Route("/v1/files/archive", g(self.read_archive), methods=["GET"]),
-            Route("/v1/files/mkdir", g(self.mkdir), methods=["POST"]),
-            Route("/v1/files", g(self.remove), methods=["DELETE"]),
-            Route("/v1/files/rename", g(self.rename), methods=["POST"]),
-            Route("/v1/files/truncate", g(self.truncate), methods=["POST"]),
-            Route("/v1/files/times", g(self.times), methods=["POST"]),
-            Route("/v1/files/chmod", g(self.chmod), methods=["POST"]),
-            Route("/v1/files/statfs", g(self.statfs), methods=["GET"]),
-            Route("/v1/files/symlink", g(self.symlink), methods=["POST"]),
-            Route("/v1/files/readlink", g(self.readlink), methods=["GET"]),
-            Route("/v1/files/link", g(self.link), methods=["POST"]),
-            Route("/v1/files/fsync", g(self.fsync), methods=["POST"]),
+            route("/v1/files/stat", {"GET": self.stat}),
+            route("/v1/files/list", {"GET": self.listdir}),
+            route("/v1/files/content", {"GET": self.read, "PUT": self.write}),
+            route("/v1/files/checksum", {"GET": self.checksum}),
+            route("/v1/files/archive", {"GET": self.read_archive, "POST": self.write_archive}),
+            route("/v1/files/mkdir", {"POST": self.mkdir}),
+            route("/v1/files", {"DELETE": self.remove}),
+            route("/v1/files/rename", {"POST": self.rename}),
+            route("/v1/files/truncate", {"POST": self.truncate}),
+            route("/v1/files/times", {"POST": self.times}),
+            route("/v1/files/chmod", {"POST": self.chmod}),
+            route("/v1/files/statfs", {"GET": self.statfs}),
+            route("/v1/files/symlink", {"POST": self.symlink}),
+            route("/v1/files/readlink", {"GET": self.readlink}),
+            route("/v1/files/link", {"POST": self.link}),
+            route("/v1/files/fsync", {"POST": self.fsync}),
         ]
+
+
+def _done(path: str, **extra: object) -> JSONResponse:
+    """The answer to a change: the entry's path as the folder names it (for the next call)."""
+    return JSONResponse({"ok": True, "path": "/" + "/".join(split_path(path)), **extra})
+
+
+def _with_errno(error: StrongroomError, name: str) -> StrongroomError:
+    error.errno_name = name
+    return error
+
+
+class _ClientGone(UnavailableError):
+    """The client went away while its answer was being computed (answered to nobody)."""
+
+
+async def _while_connected(request: Request, work: Callable[[threading.Event], str]) -> str:
+    """``work(gone)`` in a worker thread; ``gone`` is set once the client disconnects,
+    and ``work`` stops at its next piece (a checksum of a large file would otherwise
+    hash on, for nobody, at 100% of a core)."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    result: str | BaseException = ""
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await run_in_threadpool(work, gone)
+        except Exception as e:  # raised below, as itself (a task group would wrap it)
+            result = e
+        finally:
+            group.cancel_scope.cancel()
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 async def _receive(request: Request, writer: _FileWriter) -> tuple[int, str]:
@@ -593,9 +659,11 @@ class _FileWriter:
     instead of filling memory. The writer owns ``fd`` and closes it.
     """
 
-    def __init__(self, fd: int, offset: int, key: bytes | None = None) -> None:
+    def __init__(self, fd: int, offset: int, key: bytes | None, limit: int) -> None:
         self._fd = fd
         self._offset = offset
+        #: where the file must end at the latest (the shared folder's size)
+        self._limit = limit
         self._written = 0
         self._digest: hashlib._Hash | StreamCheck = (
             hashlib.sha256() if key is None else StreamCheck(key)
@@ -616,6 +684,9 @@ class _FileWriter:
         try:
             while (batch := self._queue.get()) is not None:
                 if self._error is None:
+                    end = self._offset + self._written + sum(len(c) for c in batch)
+                    if end > self._limit:
+                        raise OSError(errno.ENOSPC, "beyond the shared folder's size")
                     for chunk in batch:
                         self._digest.update(chunk)
                     self._written += _pwritev_all(self._fd, batch, self._offset + self._written)
@@ -893,7 +964,8 @@ class RunApi:
         self.key_service_endpoint = key_service_endpoint
 
     async def start(self, request: Request) -> Response:
-        body: RunRequest = await _json_body(request, RunRequest)
+        query(request, "/v1/runs")
+        body = await json_body(request, RunRequest)
         creds, ref = body.credentials, body.key_service
         endpoint = self.key_service_endpoint or ref.endpoint_url
 
@@ -913,10 +985,10 @@ class RunApi:
             env=tuple(body.env.items()),
             timeout_s=body.timeout_s,
         )
-        for arg in spec.args:
-            if len(arg.encode()) > MAX_ARG_BYTES:
-                raise InvalidInputError(f"an argument is longer than {MAX_ARG_BYTES} bytes")
-        events = runs.run(spec, self.environment(key_service))
+        environment = self.environment(key_service)
+        # the request is checked before the stream begins: a refusal is a Problem
+        prepared = await runs.prepare(spec, environment)
+        events = runs.execute(prepared, environment)
 
         async def ndjson() -> AsyncIterator[bytes]:
             async for event in events:
@@ -925,7 +997,7 @@ class RunApi:
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/runs", _guarded(self.start), methods=["POST"])]
+        return [route("/v1/runs", {"POST": self.start})]
 
 
 __all__ = ["READ_CHUNK", "FilesApi", "RunApi", "RunRequest", "problem"]

@@ -30,49 +30,48 @@ cannot be a ``Recipient`` (KMS requires RSA), and only the server holds its
 private half (for receipts and channels).
 
 Every request body is JSON of bounded size with exactly the documented
-fields; anything else is a 400 with ``{"error": ...}``.
+fields (:mod:`.http`: strict models, standard JSON); anything else is a 400
+Problem. The whole application sits behind :class:`.http.ErrorGuard`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
 
 import strongroom
 from strongroom.attestation.base import Attestor
 from strongroom.attestation.document import MAX_USER_FIELD_SIZE, AttestationDocument
 from strongroom.attestation.verify import is_debug
-from strongroom.errors import StrongroomError, UnavailableError
+from strongroom.errors import NotFoundError, StrongroomError, UnavailableError
 from strongroom.image.pins import NO_PINS, VendorPins
 from strongroom.keys.base import KeyService
 from strongroom.server import RUNS_CGROUP
-from strongroom.server.api import FilesApi, RunApi
+from strongroom.server.api import FilesApi, RunApi, _Body, query
 from strongroom.server.files import SharedFolder
+from strongroom.server.http import ErrorGuard, RequestError, http_exception, json_body, route
 from strongroom.server.isolation import Identities, RunCgroups
 from strongroom.server.launchers import Launchers
-from strongroom.server.openapi import document as openapi_document
 from strongroom.server.runs import RunEnvironment
 from strongroom.transport.base import Address
-from strongroom.transport.connect import check_host
 from strongroom.transport.forward import TunnelRefusedError, close, open_tunnel
 
-#: Largest request body accepted by the JSON endpoints.
-MAX_BODY = 16 * 1024
 #: Bounds of the debug exec endpoint.
 EXEC_MAX_ARGS = 64
 EXEC_MAX_OUTPUT = 1024 * 1024
@@ -83,8 +82,32 @@ IMAGE_PCRS = (0, 1, 2)
 SIGNER_PCR = 8
 
 
-class BadRequest(Exception):
-    """A request body that does not match its schema (answered with 400)."""
+#: A host name as the egress path takes it (a subset of what
+#: :func:`strongroom.transport.connect.check_host` accepts): a DNS name of at most 253
+#: characters, or an IPv6 literal (at most 45 characters, with a colon).
+HOST_PATTERN = (
+    "^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,40})$"
+)
+
+
+class AttestationRequest(_Body):
+    """A nonce of 1 to 1024 bytes, hex (two digits a byte)."""
+
+    nonce: str = Field(
+        min_length=2, max_length=2 * MAX_USER_FIELD_SIZE, pattern="^(?:[0-9a-fA-F]{2})+$"
+    )
+
+
+class EgressCheckRequest(_Body):
+    host: str = Field(max_length=253, pattern=HOST_PATTERN)
+    port: int = Field(ge=1, le=65535)
+
+
+class ExecRequest(_Body):
+    """Debug enclaves only: a command and how long it may take."""
+
+    argv: list[str] = Field(min_length=1, max_length=EXEC_MAX_ARGS)
+    timeout_s: float = Field(default=EXEC_DEFAULT_TIMEOUT_S, gt=0, le=EXEC_MAX_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -149,64 +172,6 @@ _EGRESS_HINTS = {
     504: _KEY_SERVICE_DOWN,
 }
 
-_ERROR_NAMES = {400: "InvalidInputError", 404: "NotFoundError", 503: "UnavailableError"}
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    """A problem body in the one shape every enclave API error has (see server.api)."""
-    body = {"error": _ERROR_NAMES.get(status, "ServiceError"), "message": message, "hint": None}
-    return JSONResponse(body, status_code=status)
-
-
-async def _json_body(request: Request, fields: Mapping[str, bool]) -> dict[str, Any]:
-    """The body as a JSON object with only ``fields`` (name → required)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequest(f"body larger than {MAX_BODY} bytes")
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest("body is not JSON") from e
-    if not isinstance(value, dict):
-        raise BadRequest("body must be a JSON object")
-    unknown = set(value) - set(fields)
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    missing = [name for name, required in fields.items() if required and name not in value]
-    if missing:
-        raise BadRequest(f"missing field(s): {', '.join(missing)}")
-    return value
-
-
-def _hex_field(body: Mapping[str, Any], name: str) -> bytes | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError as e:
-        raise BadRequest(f"{name} is not valid hex") from e
-    if len(raw) > MAX_USER_FIELD_SIZE:
-        raise BadRequest(f"{name} is longer than {MAX_USER_FIELD_SIZE} bytes")
-    return raw
-
-
-Handler = Callable[[Request], Awaitable[JSONResponse]]
-
-
-def _bad_requests(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> JSONResponse:
-        try:
-            return await handler(request)
-        except BadRequest as e:
-            return _error(400, str(e))
-
-    return wrapped
-
 
 def create_app(config: ServerConfig) -> Starlette:
     """The ASGI app of the enclave API."""
@@ -215,7 +180,8 @@ def create_app(config: ServerConfig) -> Starlette:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
-    async def describe(request: Request) -> JSONResponse:
+    async def describe(request: Request) -> Response:
+        query(request, "/v1/describe")
         return JSONResponse(
             {
                 "version": strongroom.__version__,
@@ -227,30 +193,21 @@ def create_app(config: ServerConfig) -> Starlette:
             }
         )
 
-    async def attestation(request: Request) -> JSONResponse:
-        body = await _json_body(request, {"nonce": True})
-        nonce = _hex_field(body, "nonce")
-        if not nonce:
-            raise BadRequest("nonce must be a non-empty hex string")
+    async def attestation(request: Request) -> Response:
+        query(request, "/v1/attestation")
+        nonce = bytes.fromhex((await json_body(request, AttestationRequest)).nonce)
         try:
             document = await run_in_threadpool(
                 config.attestor.attest, public_key=identity_key, nonce=nonce
             )
         except StrongroomError as e:
-            return _error(503, f"the attestor failed: {e.message}")
+            raise UnavailableError(f"the attestor failed: {e.message}") from e
         return JSONResponse({"document": base64.b64encode(document).decode()})
 
-    async def egress_check(request: Request) -> JSONResponse:
-        body = await _json_body(request, {"host": True, "port": True})
-        host, port = body["host"], body["port"]
-        if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
-            raise BadRequest("host must be a string and port an integer")
-        try:
-            check_host(host)
-        except StrongroomError as e:
-            raise BadRequest(e.message) from e
-        if not 0 < port <= 65535:
-            raise BadRequest("port must be from 1 to 65535")
+    async def egress_check(request: Request) -> Response:
+        query(request, "/v1/egress-check")
+        body = await json_body(request, EgressCheckRequest)
+        host, port = body.host, body.port
         if config.egress is None:
             return JSONResponse({"ok": False, "status": None, "detail": "no egress channel"})
         try:
@@ -262,28 +219,20 @@ def create_app(config: ServerConfig) -> Starlette:
         await close(writer)
         return JSONResponse({"ok": True, "status": 200, "detail": f"tunnel to {host}:{port}"})
 
-    async def debug_exec(request: Request) -> JSONResponse:
+    async def debug_exec(request: Request) -> Response:
         if not config.identity.debug:
-            return _error(404, "not found")
-        body = await _json_body(request, {"argv": True, "timeout_s": False})
-        argv, timeout = body["argv"], body.get("timeout_s", EXEC_DEFAULT_TIMEOUT_S)
-        if (
-            not isinstance(argv, list)
-            or not 0 < len(argv) <= EXEC_MAX_ARGS
-            or not all(isinstance(a, str) for a in argv)
-        ):
-            raise BadRequest(f"argv must be a list of 1 to {EXEC_MAX_ARGS} strings")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise BadRequest("timeout_s must be a number")
-        if not 0 < timeout <= EXEC_MAX_TIMEOUT_S:
-            raise BadRequest(f"timeout_s must be in (0, {EXEC_MAX_TIMEOUT_S}]")
-        return JSONResponse(await _run(argv, float(timeout)))
+            raise NotFoundError("no such operation: this is not a debug enclave")
+        query(request, "/v1/debug/exec")
+        body = await json_body(request, ExecRequest)
+        if "\x00" in "".join(body.argv):
+            raise RequestError("argv may not contain NUL")
+        return JSONResponse(await _run(body.argv, body.timeout_s))
 
     routes = [
-        Route("/v1/describe", describe, methods=["GET"]),
-        Route("/v1/attestation", _bad_requests(attestation), methods=["POST"]),
-        Route("/v1/egress-check", _bad_requests(egress_check), methods=["POST"]),
-        Route("/v1/debug/exec", _bad_requests(debug_exec), methods=["POST"]),
+        route("/v1/describe", {"GET": describe}),
+        route("/v1/attestation", {"POST": attestation}),
+        route("/v1/egress-check", {"POST": egress_check}),
+        route("/v1/debug/exec", {"POST": debug_exec}),
     ]
     routes += FilesApi(config.shared).routes()
 
@@ -321,11 +270,18 @@ def create_app(config: ServerConfig) -> Starlette:
 
     routes += RunApi(config.shared, run_environment, config.key_service_endpoint).routes()
 
-    async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document())
+    async def openapi(request: Request) -> Response:
+        from strongroom.server.openapi import document  # it imports this module's models
 
-    routes.append(Route("/v1/openapi.json", openapi, methods=["GET"]))
-    return Starlette(routes=routes)
+        query(request, "/v1/openapi.json")
+        return JSONResponse(document())
+
+    routes.append(route("/v1/openapi.json", {"GET": openapi}))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ErrorGuard)],
+        exception_handlers={HTTPException: http_exception},
+    )
 
 
 async def _run(argv: list[str], timeout: float) -> dict[str, Any]:

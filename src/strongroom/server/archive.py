@@ -59,9 +59,13 @@ from strongroom.server.files import (
     _DIR_FLAGS,
     _OPEN_FLAGS,
     MAX_PATH,
+    TIME_MAX,
+    TIME_MIN,
     FileStat,
     SharedFolder,
+    _open_directory,
     _translate,
+    kept_mode,
     refuse_existing,
     split_path,
 )
@@ -146,7 +150,9 @@ class _Directories:
                 except FileNotFoundError:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    child = _open_directory(fd, part, path)
+                except OSError:
+                    child = _open_directory(fd, part, path)  # says why: a symlink, a file
                 os.close(fd)
                 fd = child
         except OSError as e:
@@ -185,6 +191,11 @@ def _check_member(member: tarfile.TarInfo) -> None:
             f"its mode {oct(member.mode)} has bits beyond the permissions (setuid, setgid, sticky)",
             hint="the shared folder takes permission bits only (mode & 0o777)",
         )
+    if not TIME_MIN <= member.mtime <= TIME_MAX:
+        raise UsageError(
+            f"its mtime {member.mtime!r} is outside what the shared folder stores "
+            f"({TIME_MIN} to {TIME_MAX})"
+        )
 
 
 def _check_space(dir_fd: int, size: int, path: str) -> None:
@@ -221,7 +232,7 @@ def _write_member(
                 written += len(piece)
             if written != member.size:
                 raise InvalidInputError(f"{path}: the archive ends inside this member")
-            os.fchmod(fd, member.mode & 0o777)
+            os.fchmod(fd, kept_mode(member.mode, directory=False))
             mtime_ns = int(member.mtime * 1e9)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         except OSError as e:
@@ -269,7 +280,9 @@ def extract(
                     parent = dirs.open(parts[:-1])
                     refuse_existing(parent, parts[-1], path, directory=True)
                     dirs.open(parts)
-                    directories.append((parts, member.mode & 0o777, member.mtime))
+                    directories.append(
+                        (parts, kept_mode(member.mode, directory=True), member.mtime)
+                    )
                     done += 1
                     continue
                 parent = dirs.open(parts[:-1])
@@ -293,7 +306,9 @@ def extract(
             os.fchmod(fd, mode)
             os.utime(fd, (mtime, mtime))
     except StrongroomError as e:
-        raise type(e)(_where(name, done, e.message), hint=e.hint) from e
+        located = type(e)(_where(name, done, e.message), hint=e.hint)
+        located.errno_name = e.errno_name
+        raise located from e
     except (tarfile.TarError, EOFError) as e:
         raise InvalidInputError(_where(name, done, f"malformed archive: {e}")) from e
     except OSError as e:

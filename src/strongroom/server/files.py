@@ -49,6 +49,11 @@ from strongroom.errors import (
 
 MAX_PATH = 4096
 READ_CHUNK = 1024 * 1024
+#: The times a file in the shared folder can have, in seconds since the epoch
+#: (1901-12-13 to 2446-05-10: what tmpfs and ext4 store, 34 bits from -2**31);
+#: the kernel would clamp anything beyond, so the API refuses it instead.
+TIME_MIN = -(2**31)
+TIME_MAX = 2**34 - 2**31 - 1
 #: Added to every open: never wait (a FIFO with no writer), never follow a
 #: symlink, never acquire a controlling terminal, never leak into a child.
 _OPEN_FLAGS = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
@@ -156,6 +161,64 @@ def _open_at(dir_fd: int, name: str, path: str, flags: int, *, directory_ok: boo
     return fd
 
 
+def _open_directory(dir_fd: int, name: str, path: str) -> int:
+    """A directory on the way down ``path``: a symlink is refused (never followed), a
+    file is "not a directory", as POSIX says."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ELOOP):
+            try:
+                link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            except OSError:
+                link = False
+            if not link:
+                raise _with_errno(
+                    UsageError(f"{path}: {name} is not a directory"), "ENOTDIR"
+                ) from e
+            raise _with_errno(
+                PathEscapeError(f"{path}: {name} is a symlink, which the Files API never follows"),
+                "ELOOP",
+            ) from e
+        raise _translate(e, path) from e
+
+
+def _open_path(dir_fd: int, name: str, path: str) -> int:
+    """An ``O_PATH`` descriptor of a regular file or directory ``name`` (never followed)."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        raise _translate(e, path) from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if (kind := _special(mode)) is not None:
+            raise _refuse_special(path, kind)
+        if stat.S_ISLNK(mode):
+            raise _with_errno(
+                PathEscapeError(f"{path} is a symlink, which the Files API never follows"),
+                "ELOOP",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _chmod_fd(fd: int, mode: int, path: str) -> None:
+    """``fchmod`` of an ``O_PATH`` descriptor (through its /proc link, as libc's
+    ``fchmodat(AT_SYMLINK_NOFOLLOW)`` does): the inode held, never a path."""
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    except OSError as e:
+        raise _translate(e, path) from e
+
+
+def kept_mode(mode: int, *, directory: bool) -> int:
+    """``mode``'s permission bits plus what the owner (the server) needs: read and
+    write, and search on a directory. Used for every mode the API applies."""
+    return (mode & 0o777) | (0o700 if directory else 0o600)
+
+
 def _translate(e: OSError, path: str) -> Exception:
     translated = _translated(e, path)
     if isinstance(translated, StrongroomError) and e.errno is not None:
@@ -173,8 +236,10 @@ def _translated(e: OSError, path: str) -> Exception:
         return NotFoundError(f"{path}: no such file or directory")
     if e.errno == errno.EEXIST:
         return AlreadyExistsError(f"{path}: already exists")
-    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-        return PathEscapeError(f"{path}: a component is a symlink or not a directory")
+    if e.errno == errno.ELOOP:
+        return PathEscapeError(f"{path}: a symlink, which the Files API never follows")
+    if e.errno == errno.ENOTDIR:
+        return UsageError(f"{path}: not a directory")
     if e.errno == errno.ENOTEMPTY:
         return UsageError(f"{path}: directory not empty", hint="remove it recursively")
     if e.errno == errno.EISDIR:
@@ -206,10 +271,7 @@ class SharedFolder:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts[:-1]:
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    raise _translate(e, path) from e
+                child = _open_directory(fd, part, path)
                 os.close(fd)
                 fd = child
             yield fd, parts[-1]
@@ -222,15 +284,46 @@ class SharedFolder:
         fd = os.open(self.root, _DIR_FLAGS)
         try:
             for part in parts:
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    raise _translate(e, path) from e
+                child = _open_directory(fd, part, path)
                 os.close(fd)
                 fd = child
             yield fd
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _entry(self, path: str) -> Iterator[int]:
+        """An ``O_PATH`` descriptor of a regular file or a directory (the root too).
+
+        ``O_PATH`` needs no permission on the entry itself, so a mode the
+        entry has (even 0) never stops the server from changing it.
+        """
+        parts = split_path(path)
+        if not parts:
+            fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            with self._parent(path) as (parent, name):
+                fd = _open_path(parent, name, path)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def capacity(self) -> int:
+        """The shared folder's size in bytes: no file in it can be larger."""
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize
+
+    def check_fits(self, end: int, path: str) -> None:
+        """Refuse, before any work, a file that would end beyond the folder's size."""
+        capacity = self.capacity()
+        if end > capacity:
+            raise _with_errno(
+                InsufficientSpaceError(
+                    f"{path}: {end} bytes is more than the shared folder holds ({capacity})"
+                ),
+                "EFBIG",
+            )
 
     def _stat(self, path: str) -> FileStat:
         parts = split_path(path)
@@ -358,6 +451,7 @@ class SharedFolder:
                 raise _translate(e, f"{source} -> {destination}") from e
 
     def truncate(self, path: str, size: int) -> None:
+        self.check_fits(size, path)
         fd = self.open_write(path, create=False)
         try:
             os.ftruncate(fd, size)
@@ -365,22 +459,35 @@ class SharedFolder:
             os.close(fd)
 
     def set_times(self, path: str, atime: float, mtime: float) -> None:
+        if not split_path(path):
+            try:
+                os.utime(self.root, (atime, mtime))
+            except OSError as e:
+                raise _translate(e, path) from e
+            return
         with self._parent(path) as (fd, name):
             try:
                 os.utime(name, (atime, mtime), dir_fd=fd, follow_symlinks=False)
             except OSError as e:
                 raise _translate(e, path) from e
 
-    def chmod(self, path: str, mode: int) -> None:
-        """Change a regular file's or a directory's permission bits (never a FIFO's or device's)."""
+    def chmod(self, path: str, mode: int) -> int:
+        """Set a regular file's or a directory's permission bits; the mode it now has.
+
+        The owner -- the enclave server itself -- keeps read and write (and
+        search, on a directory) whatever is asked (:func:`kept_mode`): a
+        mode of 0 would otherwise lock the server out of the folder it
+        serves (nothing could read, change or remove the entry again). Only
+        permission bits; never a FIFO's or a device's.
+        """
         if mode & ~0o777:
-            raise UsageError(f"mode {oct(mode)} may only carry permission bits")
-        with self._parent(path) as (fd, name):
-            target = _open_at(fd, name, path, os.O_RDONLY, directory_ok=True)
-        try:
-            os.fchmod(target, mode)
-        finally:
-            os.close(target)
+            raise _with_errno(
+                UsageError(f"mode {oct(mode)} may only carry permission bits"), "EPERM"
+            )
+        with self._entry(path) as fd:
+            kept = kept_mode(mode, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
+            _chmod_fd(fd, kept, path)
+        return kept
 
     def symlink(self, path: str, target: str) -> None:
         """Make ``path`` a symlink to ``target``, which must stay inside the folder."""
@@ -414,9 +521,12 @@ class SharedFolder:
                 raise _translate(e, f"{source} -> {destination}") from e
 
     def fsync(self, path: str) -> None:
-        """Flush a regular file (or a directory) to its filesystem."""
-        with self._parent(path) as (fd, name):
-            target = _open_at(fd, name, path, os.O_RDONLY, directory_ok=True)
+        """Flush a regular file (or a directory, the root too) to its filesystem."""
+        if not split_path(path):
+            target = os.open(self.root, _DIR_FLAGS)
+        else:
+            with self._parent(path) as (fd, name):
+                target = _open_at(fd, name, path, os.O_RDONLY, directory_ok=True)
         try:
             os.fsync(target)
         finally:
@@ -466,7 +576,7 @@ def contained_target(path: str, target: str) -> str:
     """
     parts = split_path(path)
     if not parts:
-        raise UsageError("the shared folder's root cannot be a symlink")
+        raise _with_errno(UsageError("the shared folder's root cannot be a symlink"), "EEXIST")
     if not target or len(target) > MAX_PATH or "\x00" in target:
         raise _with_errno(InvalidInputError("a symlink needs a target"), "EINVAL")
     if target.startswith("/"):
@@ -495,7 +605,20 @@ def _remove_tree(parent_fd: int, name: str) -> None:
     without ``O_NONBLOCK``, so an app that swaps a directory for a FIFO at the
     right moment would park the thread until the app writes to it.
     """
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        # an app took the owner's bits away (the API never does): the server owns
+        # the directory, so it may give them back, through a descriptor that
+        # cannot be swapped for a symlink meanwhile
+        held = os.open(
+            name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
+        )
+        try:
+            os.chmod(f"/proc/self/fd/{held}", 0o700)
+        finally:
+            os.close(held)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     try:
         for child in os.listdir(fd):
             try:

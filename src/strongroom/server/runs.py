@@ -164,23 +164,33 @@ def _event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, **fields}
 
 
-async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, Any]]:
-    """Run ``spec``; yield ``status``, ``stdout``/``stderr`` and finally ``exit`` events."""
-    folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
-    app_dir = folder.app
-    process: asyncio.subprocess.Process | None = None
-    package: BinaryIO | None = None
-    app_proxy: asyncio.Server | None = None
-    #: True once the launcher reported the app's end: every process of the jail is gone
-    #: then, and the launcher is only left to exit (which may take a moment).
-    ended = False
-    #: Set once the run is over: an extraction still going on then wipes what it wrote.
-    abandoned = threading.Event()
+@dataclass(frozen=True)
+class Prepared:
+    """A run whose request has been checked, before anything is released or started."""
+
+    spec: RunSpec
+    #: One descriptor for the whole run: the header enforced is the one the body
+    #: authenticates, whatever the host does to the shared folder meanwhile.
+    package: BinaryIO
+    header: Header
+    key_ids: Sequence[str]
+    entry: str
+    args: tuple[str, ...]
+    egress: tuple[Any, ...]
+    processes: int
+
+
+async def prepare(spec: RunSpec, envr: RunEnvironment) -> Prepared:
+    """Check a run's request against the package and this enclave, before any answer.
+
+    Everything here is the caller's to fix (a missing package, an image that
+    does not pin it, an entry or environment its manifest refuses, an argument
+    outside the shared folder, an egress the host has not allowed): the API
+    answers it with a Problem and its status, not with a stream that fails.
+    """
+    split_path(spec.package)
+    package = await asyncio.to_thread(_open_package, spec, envr)
     try:
-        split_path(spec.package)
-        # one descriptor for the whole run: the header enforced below is the one the
-        # body authenticates, whatever the host does to the shared folder meanwhile
-        package = await asyncio.to_thread(_open_package, spec, envr)
         header = await asyncio.to_thread(read_header, package, name=spec.package)
         key_ids = envr.pins.check_package(header, name=spec.package)
         manifest = header.manifest
@@ -199,6 +209,46 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
         if egress:  # before the key: a run the host has not allowed fails at once
             await check_app_egress(egress, envr.egress, envr.key_service_destination)
         processes = (manifest.processes if manifest else None) or DEFAULT_PROCESSES
+    except BaseException:
+        package.close()
+        raise
+    return Prepared(spec, package, header, key_ids, entry, args, tuple(egress), processes)
+
+
+async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, Any]]:
+    """Run ``spec``; yield ``status``, ``stdout``/``stderr`` and finally ``exit`` events
+    (or one ``error`` event, a refused request included)."""
+    try:
+        prepared = await prepare(spec, envr)
+    except StrongroomError as e:
+        yield _error_event(e)
+        return
+    async for event in execute(prepared, envr):
+        yield event
+
+
+def _error_event(e: StrongroomError) -> dict[str, Any]:
+    return _event(
+        "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
+    )
+
+
+async def execute(prepared: Prepared, envr: RunEnvironment) -> AsyncIterator[dict[str, Any]]:
+    """Release the key, open the app, run it: the events, ``exit`` or ``error`` last.
+    ``prepared``'s package is closed at the end, whatever happens."""
+    spec, package, header = prepared.spec, prepared.package, prepared.header
+    key_ids, entry, args = prepared.key_ids, prepared.entry, prepared.args
+    egress, processes = prepared.egress, prepared.processes
+    folder = RunFolder(envr.apps_root / uuid.uuid4().hex)
+    app_dir = folder.app
+    process: asyncio.subprocess.Process | None = None
+    app_proxy: asyncio.Server | None = None
+    #: True once the launcher reported the app's end: every process of the jail is gone
+    #: then, and the launcher is only left to exit (which may take a moment).
+    ended = False
+    #: Set once the run is over: an extraction still going on then wipes what it wrote.
+    abandoned = threading.Event()
+    try:
         yield _event("status", message="releasing the data key to this enclave")
         try:
             data_key = await asyncio.to_thread(_release_key, spec, header, key_ids, envr)
@@ -251,12 +301,9 @@ async def run(spec: RunSpec, envr: RunEnvironment) -> AsyncIterator[dict[str, An
                 if app_proxy is not None:
                     app_proxy.close()
     except StrongroomError as e:
-        yield _event(
-            "error", error=type(e).__name__, message=e.message, hint=e.hint, exit_code=e.exit_code
-        )
+        yield _error_event(e)
     finally:
-        if package is not None:
-            package.close()
+        package.close()
         running = None if ended or process is None or process.returncode is not None else process
         if running is not None:
             _kill(running)
@@ -421,4 +468,13 @@ def _kill(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-__all__ = ["RunEnvironment", "RunSpec", "choose_entry", "map_argument", "run"]
+__all__ = [
+    "Prepared",
+    "RunEnvironment",
+    "RunSpec",
+    "choose_entry",
+    "execute",
+    "map_argument",
+    "prepare",
+    "run",
+]

@@ -144,8 +144,9 @@ def test_fifos_and_sockets_are_refused_without_blocking(shared: SharedFolder) ->
         for call in calls:
             error = _refused(call, fifo)
             assert error.message == f"{path} is a {kind}: only regular files are read or written"
-        with pytest.raises(PathEscapeError):
+        with pytest.raises(UsageError) as listed:  # not a directory (issue 17: was PathEscape)
             shared.list(path)
+        assert listed.value.errno_name == "ENOTDIR"
     # what still works on them: stat, listing, renaming, removing
     kinds = {e.path: e.type for e in shared.list("/")}
     assert kinds == {"/trap": "other", "/sock": "other"}

@@ -747,14 +747,17 @@ class SharedFolderFS(mfusepy.Operations):  # type: ignore[misc]
         self._writable()
         if mode & 0o7000:
             raise mfusepy.FuseOSError(errno.EPERM)  # the Files API sets permission bits only
+        # a file not yet in the enclave gets the mode the enclave will give it: the
+        # owner (the enclave server) keeps read and write (server.files.kept_mode)
+        pending = stat.S_IMODE(mode) | 0o600
         new = [h for h in self._open_handles(path) if h.path == path and h.new]
         if new:
-            new[0].mode = stat.S_IMODE(mode)
+            new[0].mode = pending
             return
-        if self._writeback.change(path, mode=stat.S_IMODE(mode)):
+        if self._writeback.change(path, mode=pending):
             return
-        self.client.chmod(path, stat.S_IMODE(mode))
-        self._changed(path, mode=stat.S_IMODE(mode))
+        applied = self.client.chmod(path, stat.S_IMODE(mode))
+        self._changed(path, mode=applied)
 
     def _changed(self, path: str, *, mode: int | None = None, mtime: float | None = None) -> None:
         """Update a cached entry after our own chmod or utimens (else drop it)."""
