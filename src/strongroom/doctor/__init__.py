@@ -176,7 +176,10 @@ def _key_facts(
         caller = None if own else _caller_arn(aws)
         if not own and _other_account(plan.key, aws):
             return None, key_checks.fetch_failure(plan.key, e, caller)
-        return None, fail("key", "key-policy", f"cannot read {plan.key}: {e.message}", e.hint)
+        hint = e.hint
+        if not own and not plan.key.startswith("arn:"):
+            hint = "an alias names a key of the caller's own account: give the key's ARN"
+        return None, fail("key", "key-policy", f"cannot read {plan.key}: {e.message}", hint)
     except StrongroomError as e:
         return None, fail("key", "key-policy", f"cannot read {plan.key}: {e.message}", e.hint)
     return facts, None

@@ -30,7 +30,7 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class Finding:
-    """One check's verdict. ``detail`` and ``fix`` are single lines."""
+    """One check's verdict. ``detail`` and ``fix`` are single lines (whitespace is folded)."""
 
     group: str
     name: str
@@ -39,9 +39,10 @@ class Finding:
     fix: str | None = None
 
     def __post_init__(self) -> None:
-        for text in (self.detail, self.fix or ""):
-            if "\n" in text:
-                raise ValueError(f"a finding's detail and fix are one line each: {text!r}")
+        # one line each, whatever a service's message held
+        object.__setattr__(self, "detail", one_line(self.detail))
+        if self.fix is not None:
+            object.__setattr__(self, "fix", one_line(self.fix))
 
     def to_json(self) -> dict[str, Any]:
         return {
