@@ -43,6 +43,7 @@ COMMANDS = {
     "share": "share:share_group",
     "publish": "share:publish_command",
     "fetch": "share:fetch_command",
+    "doctor": "doctor:doctor_command",
     "demo": "demo:demo_command",
     "completion": "completion:completion_command",
 }
@@ -97,6 +98,7 @@ HELP = """Seal applications so that only an attested enclave can run them.
 \b
 Vendor:  keys create, seal, image build, image approve, publish
 Host:    init, share create, fetch, enclave start, proxy start, mount (or push), run, pull
+Check:   doctor   (the host, a key's policy, an image: one line per finding, with the fix)
 Revoke:  image revoke (vendor: no more key releases), share revoke (host: no more uploads)
 Try:     strongroom demo   (the whole flow, locally, in a scratch workspace)
 
