@@ -12,7 +12,6 @@ machine (:func:`clean_env`), so only what a test sets decides who acts.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -253,14 +252,6 @@ def test_an_unknown_storage_backend_in_the_config_names_the_file(tmp_path: Path,
     assert str(config) in line and "backend must be one of local, s3, not 'ftp'" in line
 
 
-TEMPLATE_MISSING = importlib.util.find_spec("strongroom.storage.template") is None
-
-
-@pytest.mark.skipif(
-    TEMPLATE_MISSING,
-    reason="strongroom.storage.template is written on the `cfn` branch; this test runs once "
-    "it is merged",
-)
 def test_print_template_prints_the_filled_in_template_and_creates_nothing(env: Env) -> None:
     shown = env.cli(
         "share", "create", "tmpl", "--vendor-account", env.vendor_account, "--print-template"
