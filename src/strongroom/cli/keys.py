@@ -296,6 +296,11 @@ def _metadata_dict(m: KeyMetadata) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Key policy JSON file [default: the owner account may do everything].",
 )
+@click.option(
+    "--runbook",
+    is_flag=True,
+    help="Use the runbook's key policy (`keys policy template`, nothing approved yet).",
+)
 @click.option("--alias", help="Also create this alias (e.g. alias/my-app).")
 @identity_option
 @pass_app
@@ -303,6 +308,7 @@ def create_command(
     app: AppContext,
     description: str,
     policy_file: Path | None,
+    runbook: bool,
     alias: str | None,
     identity: str | None,
 ) -> None:
@@ -320,7 +326,15 @@ def create_command(
     """
     from strongroom.keys.base import check_alias_name
 
+    if runbook and policy_file:
+        raise UsageError("give either --policy or --runbook, not both")
     policy = _read_policy(policy_file) if policy_file else None
+    if runbook:
+        from strongroom.keys.key_policy import key_policy_accounts
+        from strongroom.policy.measurements import runbook_policy
+
+        owner, hosts = key_policy_accounts(app.workspace())
+        policy = runbook_policy(owner, hosts, [])
     alias_name = None
     if alias:
         alias_name = alias if alias.startswith("alias/") else f"alias/{alias}"
@@ -467,22 +481,20 @@ def policy_template_command(app: AppContext, measurements: tuple[str, ...]) -> N
     The vendor account keeps full control; the host may call kms:Decrypt only
     from an enclave whose image measurement (PCR0) is approved: an explicit
     Deny with StringNotEqualsIgnoreCase on kms:RecipientAttestation:ImageSha384,
-    which also denies a host that sends no attestation at all.
+    which also denies a host that sends no attestation at all. Explicit Denies
+    keep the host from ReEncrypt, CreateGrant, Encrypt, GenerateDataKey without
+    an attestation, and every action but Decrypt and DescribeKey.
 
     \b
     Example:
       strongroom keys policy template > policy.json
       strongroom keys policy put alias/classifier policy.json
     """
+    from strongroom.keys.key_policy import key_policy_accounts
     from strongroom.policy.measurements import runbook_policy
 
-    ws = app.workspace()
-    vendor, host = ws.identity("vendor"), ws.identity("host")
-    click.echo(
-        runbook_policy(
-            vendor.account_id, [f"arn:aws:iam::{host.account_id}:root"], list(measurements)
-        )
-    )
+    owner, hosts = key_policy_accounts(app.workspace())
+    click.echo(runbook_policy(owner, hosts, list(measurements)))
 
 
 @keys_group.command("audit")

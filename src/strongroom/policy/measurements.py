@@ -14,6 +14,12 @@ for Nitro Enclaves):
   on ``kms:RecipientAttestation:ImageSha384``. A negated operator is true when
   the key is missing, so a request without an attestation is denied too.
 
+``runbook_policy`` adds explicit Denies for the host principals (``HOST_DENY_SIDS``)
+so that the host's power over the key does not rest on the absence of an Allow:
+a later, broader Allow (a grant, a copied statement) cannot hand the host
+ReEncrypt, CreateGrant, Encrypt or a data key. ``approve``/``revoke`` never touch
+them, nor any other statement they did not write.
+
 With no approved measurement the Deny has no Condition at all, so it denies the
 host every Decrypt: an empty value list is not valid policy JSON, and any
 "never matches" value would be a magic string a reader must recognise.
@@ -34,6 +40,8 @@ from typing import Any
 from strongroom.errors import NotFoundError, UsageError
 from strongroom.policy.document import PolicyDocument, PolicyError
 
+Json = dict[str, Any]
+
 ALLOW_SID = "AllowEnclaveDecrypt"
 DENY_SID = "DenyDecryptUnlessApprovedImage"
 OWNER_SID = "EnableOwnerAccess"
@@ -42,14 +50,33 @@ GATE_OPERATOR = "StringNotEqualsIgnoreCase"
 GATED_ACTIONS = ("kms:Decrypt", "kms:ReEncrypt*")
 POLICY_VERSION = "2012-10-17"
 
+#: The host's explicit Denies, by Sid. GenerateDataKey* is denied only without an
+#: attestation (a Null condition) so the rule reads as "no data keys outside an
+#: enclave"; the NotAction Deny then also closes it, and everything else but
+#: Decrypt and the read-only DescribeKey (which tools use to check the key).
+HOST_DENIES: tuple[tuple[str, str, list[str], Json | None], ...] = (
+    ("DenyHostReEncrypt", "Action", ["kms:ReEncrypt*"], None),
+    ("DenyHostCreateGrant", "Action", ["kms:CreateGrant"], None),
+    (
+        "DenyHostGenerateDataKey",
+        "Action",
+        ["kms:GenerateDataKey*"],
+        {"Null": {IMAGE_SHA384_KEY: "true"}},
+    ),
+    ("DenyHostEncrypt", "Action", ["kms:Encrypt"], None),
+    ("DenyHostAllButDecrypt", "NotAction", ["kms:Decrypt", "kms:DescribeKey"], None),
+)
+HOST_DENY_SIDS = tuple(sid for sid, *_ in HOST_DENIES)
+
 _SHA384_HEX = re.compile(r"[0-9a-fA-F]{96}")
 _HOSTS_HINT = "name the host principals (account id, role or user ARN) that run the enclave"
 
-Json = dict[str, Any]
-
 
 def runbook_policy(owner_account: str, host_principals: list[str], approved: list[str]) -> str:
-    """A complete key policy: the owner account administers, the hosts decrypt if approved."""
+    """A complete key policy: the owner account administers, the hosts decrypt if approved.
+
+    The accounts come from :func:`strongroom.keys.key_policy.key_policy_accounts`.
+    """
     if not host_principals:
         raise PolicyError("no host principal given", hint=_HOSTS_HINT)
     deny = _deny_statement(host_principals)
@@ -63,7 +90,12 @@ def runbook_policy(owner_account: str, host_principals: list[str], approved: lis
     }
     policy = {
         "Version": POLICY_VERSION,
-        "Statement": [owner, _allow_statement(host_principals), deny],
+        "Statement": [
+            owner,
+            _allow_statement(host_principals),
+            deny,
+            *_host_denies(host_principals),
+        ],
     }
     return _dump(policy)
 
@@ -153,6 +185,22 @@ def _allow_statement(host_principals: list[str]) -> Json:
         "Action": "kms:Decrypt",
         "Resource": "*",
     }
+
+
+def _host_denies(host_principals: list[str]) -> list[Json]:
+    statements: list[Json] = []
+    for sid, element, actions, condition in HOST_DENIES:
+        statement: Json = {
+            "Sid": sid,
+            "Effect": "Deny",
+            "Principal": {"AWS": list(host_principals)},
+            element: list(actions),
+            "Resource": "*",
+        }
+        if condition is not None:
+            statement["Condition"] = json.loads(json.dumps(condition))  # a copy per policy
+        statements.append(statement)
+    return statements
 
 
 def _deny_statement(host_principals: list[str]) -> Json:

@@ -50,16 +50,14 @@ def test_the_host_is_the_gate_s_principals_or_any_other_account_allowed_decrypt(
     assert [h.arn for h in by_hand.hosts] == [role]
 
 
-def test_main_s_runbook_policy_gates_decrypt_and_reencrypt_but_not_create_grant() -> None:
+def test_the_runbook_policy_passes_every_key_check() -> None:
     text = approve(runbook_policy(VENDOR, [f"arn:aws:iam::{HOST}:root"], []), PCR0)
     checked = facts(text)
     assert attestation_required(checked).status is Status.OK
     assert debug_not_approved(checked).status is Status.OK
     assert reencrypt_denied(checked).status is Status.OK
     grant = grant_denied(checked)
-    assert grant.status is Status.WARN and "denied only because no statement allows it" in (
-        grant.detail
-    )
+    assert grant.status is Status.OK and "DenyHostCreateGrant" in grant.detail
 
 
 def test_an_unconditional_host_allow_is_decrypt_without_attestation() -> None:

@@ -21,6 +21,7 @@ from strongroom.policy import (
     revoke,
     runbook_policy,
 )
+from strongroom.policy.measurements import HOST_DENY_SIDS
 
 OWNER = "444455556666"
 HOST = "arn:aws:iam::111122223333:role/strongroom-host"
@@ -70,7 +71,7 @@ def unrelated_policy() -> str:
 
 def test_runbook_policy_shape() -> None:
     text = runbook_policy(OWNER, [HOST], [PCR_A.upper(), PCR_B, PCR_A])
-    assert [s["Sid"] for s in statements(text)] == [OWNER_SID, ALLOW_SID, DENY_SID]
+    assert [s["Sid"] for s in statements(text)] == [OWNER_SID, ALLOW_SID, DENY_SID, *HOST_DENY_SIDS]
     assert by_sid(text, OWNER_SID)["Principal"] == {"AWS": f"arn:aws:iam::{OWNER}:root"}
     assert by_sid(text, ALLOW_SID)["Action"] == "kms:Decrypt"
     deny = by_sid(text, DENY_SID)
@@ -137,7 +138,12 @@ def test_approve_creates_only_the_missing_statement() -> None:
     full = statements(runbook_policy(OWNER, [HOST], [PCR_A]))
     without_allow = json.dumps({"Statement": [s for s in full if s["Sid"] != ALLOW_SID]})
     text = approve(without_allow, PCR_B, host_principals=[HOST])
-    assert [s["Sid"] for s in statements(text)] == [OWNER_SID, DENY_SID, ALLOW_SID]
+    assert [s["Sid"] for s in statements(text)] == [
+        OWNER_SID,
+        DENY_SID,
+        *HOST_DENY_SIDS,
+        ALLOW_SID,
+    ]
     assert approved_measurements(text) == [PCR_A, PCR_B]
 
 
