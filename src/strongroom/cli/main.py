@@ -41,6 +41,7 @@ COMMANDS = {
     "run": "client:run_command",
     "attest": "client:attest_command",
     "share": "share:share_group",
+    "iam": "iam:iam_group",
     "publish": "share:publish_command",
     "fetch": "share:fetch_command",
     "doctor": "doctor:doctor_command",

@@ -40,3 +40,23 @@ def test_aws_refuses_an_account_that_is_not_twelve_digits() -> None:
     ws = FakeWorkspace("aws", accounts=SimpleNamespace(host="", vendor="123456789012"))
     with pytest.raises(ConfigError, match="host account"):
         key_policy_accounts(ws)  # type: ignore[arg-type]
+
+
+def test_the_host_policy_names_the_run_role_only_when_asked() -> None:
+    import json
+
+    from strongroom.errors import UsageError
+    from strongroom.keys.iam import host_policy
+
+    key = "arn:aws:kms:eu-west-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert [s["Action"] for s in json.loads(host_policy(key))["Statement"]] == ["kms:Decrypt"]
+    role = "arn:aws:iam::123456789012:role/strongroom-run"
+    with_role = json.loads(host_policy(key, role))["Statement"]
+    assert with_role[1] == {
+        "Sid": "AssumeTheRunRole",
+        "Effect": "Allow",
+        "Action": "sts:AssumeRole",
+        "Resource": role,
+    }
+    with pytest.raises(UsageError, match="not a KMS key ARN"):
+        host_policy("arn:aws:kms:eu-west-1:210987654321:alias/enclavekey")
