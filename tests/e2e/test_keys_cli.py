@@ -185,3 +185,13 @@ def test_version_and_help() -> None:
     for args in ([], ["keys"], ["keys", "serve"], ["init"], ["env"], ["demo"]):
         result = subprocess.run([STRONGROOM, *args, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "Usage:" in result.stdout, args
+
+
+def test_keys_create_runbook_writes_the_template_s_policy(cli: Cli) -> None:
+    cli("init")
+    cli("keys", "serve", "--detach")
+    cli("keys", "create", "--runbook", "--alias", "gated")
+    stored = json.loads(cli("keys", "policy", "get", "alias/gated").stdout)
+    assert stored == json.loads(cli("keys", "policy", "template").stdout)
+    sids = [s["Sid"] for s in stored["Statement"]]
+    assert "DenyHostCreateGrant" in sids and "DenyHostAllButDecrypt" in sids
