@@ -6,7 +6,10 @@ or ``--home``) holding:
 - ``config.toml`` — target, region, key-service endpoint, identities (no secrets);
   on the aws target, optionally ``[aws] run_role_arn``: the IAM role the host
   assumes (with a session policy allowing only ``kms:Decrypt`` on the
-  package's key) to make each run's short-lived credentials; optionally
+  package's key) to make each run's short-lived credentials, and
+  ``[aws] host_account`` / ``vendor_account``: the two real 12-digit AWS
+  accounts every key policy Strongroom writes names (no policy is written on
+  aws without them); optionally
   ``[storage] backend = "local" | "s3"``: where ``share``, ``publish`` and
   ``fetch`` keep shares [default: ``local`` on the local target, ``s3`` on aws];
 - ``identities/<name>.secret`` — the secret access key of each identity (0600);
@@ -41,6 +44,7 @@ CONFIG_NAME = "config.toml"
 DEFAULT_REGION = "us-east-1"
 IDENTITY_NAMES = ("host", "vendor")
 IdentityName = Literal["host", "vendor"]
+_ACCOUNT_ID = re.compile(r"\d{12}", re.ASCII)
 _ROLE_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]+", re.ASCII)
 
 
@@ -71,6 +75,17 @@ class Config:
     aws_run_role_arn: str | None = None
     #: ``[storage] backend``: "local" or "s3"; None: the target's default
     storage_backend: Literal["local", "s3"] | None = None
+    #: aws target: the real host and vendor accounts (``[aws] host_account``,
+    #: ``vendor_account``); None when the file names neither
+    accounts: Accounts | None = None
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The two real AWS accounts of the aws target (12 digits each)."""
+
+    host: str
+    vendor: str
 
 
 class Workspace:
@@ -164,6 +179,7 @@ class Workspace:
                 trust=tuple(raw["keys"].get("trust", ["local"])),
                 aws_run_role_arn=_role_arn(raw.get("aws", {}).get("run_role_arn")),
                 storage_backend=_storage_backend(raw.get("storage")),
+                accounts=_accounts(raw.get("aws", {})),
             )
         except (
             OSError,
@@ -229,6 +245,17 @@ def _role_arn(value: object) -> str | None:
     if not isinstance(value, str) or not _ROLE_ARN.fullmatch(value):
         raise ValueError(f"[aws] run_role_arn must be an IAM role ARN, not {value!r}")
     return value
+
+
+def _accounts(table: dict[str, object]) -> Accounts | None:
+    host, vendor = table.get("host_account"), table.get("vendor_account")
+    if host is None and vendor is None:
+        return None
+    for name, value in (("host_account", host), ("vendor_account", vendor)):
+        if not (isinstance(value, str) and _ACCOUNT_ID.fullmatch(value)):
+            raise ValueError(f"[aws] {name} must be a 12-digit AWS account id, not {value!r}")
+    assert isinstance(host, str) and isinstance(vendor, str)  # checked just above
+    return Accounts(host=host, vendor=vendor)
 
 
 #: What ``[storage]`` may hold, and the backends ``backend`` may name.

@@ -11,6 +11,7 @@ import click
 from strongroom.cli._common import AppContext, emit, emit_table, out, pass_app, status
 from strongroom.cli.keys import identity_option, key_service
 from strongroom.errors import UsageError
+from strongroom.keys.key_policy import key_policy_accounts
 from strongroom.policy import DENY_SID, PolicyDocument, approve, approved_measurements, revoke
 
 
@@ -239,9 +240,9 @@ def approve_command(
     measurement = _pcr0_of(image, pcr0)
     kms = key_service(ws, identity)
     policy = kms.get_key_policy(key)
-    host = f"arn:aws:iam::{ws.identity('host').account_id}:root"
     has_gate = any(s.sid == DENY_SID for s in PolicyDocument.parse(policy).statements)
-    hosts = None if has_gate else [host]  # first approval: gate the host account
+    # first approval: gate the host account (the one place that names it: key_policy)
+    hosts = None if has_gate else key_policy_accounts(ws)[1]
     kms.put_key_policy(key, approve(policy, measurement, host_principals=hosts, replace=replace))
     approved = approved_measurements(kms.get_key_policy(key))
     emit(

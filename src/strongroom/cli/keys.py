@@ -299,7 +299,8 @@ def _metadata_dict(m: KeyMetadata) -> dict[str, Any]:
 @click.option(
     "--runbook",
     is_flag=True,
-    help="Use the runbook's key policy (`keys policy template`, nothing approved yet).",
+    help="Use the runbook's key policy (`keys policy template`, nothing approved yet) "
+    "[default on the aws target, unless --policy is given].",
 )
 @click.option("--alias", help="Also create this alias (e.g. alias/my-app).")
 @identity_option
@@ -329,17 +330,19 @@ def create_command(
     if runbook and policy_file:
         raise UsageError("give either --policy or --runbook, not both")
     policy = _read_policy(policy_file) if policy_file else None
-    if runbook:
+    ws = app.workspace()
+    if runbook or (policy is None and ws.config.target == "aws"):
+        # on aws never KMS's default policy: the host's explicit denies are the point
         from strongroom.keys.key_policy import key_policy_accounts
         from strongroom.policy.measurements import runbook_policy
 
-        owner, hosts = key_policy_accounts(app.workspace())
+        owner, hosts = key_policy_accounts(ws)
         policy = runbook_policy(owner, hosts, [])
     alias_name = None
     if alias:
         alias_name = alias if alias.startswith("alias/") else f"alias/{alias}"
         check_alias_name(alias_name)
-    kms = key_service(app.workspace(), identity)
+    kms = key_service(ws, identity)
     if alias_name:
         _require_free_alias(kms, alias_name)
     meta = kms.create_key(description=description, policy=policy)

@@ -13,7 +13,10 @@ from strongroom.errors import ConfigError
 if TYPE_CHECKING:
     from strongroom.workspace import Workspace
 
-_ACCOUNT_HINT = "set the host and vendor account ids with `strongroom init`"
+_ACCOUNTS_HINT = (
+    "name the two real accounts in the workspace's config.toml: "
+    '[aws] host_account = "HOST_ID" and vendor_account = "VENDOR_ID" (12 digits each)'
+)
 
 
 def key_policy_accounts(ws: Workspace) -> tuple[str, list[str]]:
@@ -23,16 +26,21 @@ def key_policy_accounts(ws: Workspace) -> tuple[str, list[str]]:
     trusts the host account, and the host's own IAM (see ``strongroom iam
     host-policy``) decides which of its roles may use that trust.
     """
-    if ws.config.target == "aws":
-        # `accounts` (.host, .vendor) is added to the config by issue 14 part A.
-        accounts = getattr(ws.config, "accounts")  # noqa: B009 - absent before part A
-        owner, host = _checked(accounts.vendor, "vendor"), _checked(accounts.host, "host")
-        return owner, [f"arn:aws:iam::{host}:root"]
+    config = ws.config
+    if config.target == "aws":
+        # Never the workspace's identities: on aws they are invented, and a real key
+        # policy naming an invented account would trust whoever owns that number.
+        if config.accounts is None:
+            raise ConfigError(
+                "this aws workspace names no host and vendor accounts, and Strongroom "
+                "writes no key policy without the real ones",
+                hint=_ACCOUNTS_HINT,
+            )
+        return config.accounts.vendor, [host_root(config.accounts.host)]
     vendor, host_identity = ws.identity("vendor"), ws.identity("host")
-    return vendor.account_id, [f"arn:aws:iam::{host_identity.account_id}:root"]
+    return vendor.account_id, [host_root(host_identity.account_id)]
 
 
-def _checked(account: object, role: str) -> str:
-    if not (isinstance(account, str) and len(account) == 12 and account.isdigit()):
-        raise ConfigError(f"the {role} account id {account!r} is not 12 digits", hint=_ACCOUNT_HINT)
-    return account
+def host_root(account: str) -> str:
+    """The principal that delegates to the host account's own IAM."""
+    return f"arn:aws:iam::{account}:root"

@@ -2,44 +2,54 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+from pathlib import Path
 
 import pytest
 
 from strongroom.errors import ConfigError
 from strongroom.keys.key_policy import key_policy_accounts
+from strongroom.workspace import Workspace
 
 
-class FakeWorkspace:
-    def __init__(self, target: str, **config: Any) -> None:
-        self.config = SimpleNamespace(target=target, **config)
+def _workspace(tmp_path: Path, aws: str | None) -> Workspace:
+    """A real workspace; ``aws``: switch it to the aws target with this ``[aws]`` table."""
+    ws = Workspace.create(tmp_path / "ws")
+    if aws is not None:
+        config = ws.root / "config.toml"
+        text = config.read_text().replace('target = "local"', 'target = "aws"')
+        config.write_text(text + f"\n[aws]\n{aws}\n")
+    return ws
 
-    def identity(self, name: str) -> SimpleNamespace:
-        account = {"vendor": "444455556666", "host": "111122223333"}[name]
-        return SimpleNamespace(account_id=account, principal_arn=f"arn:aws:iam::{account}:user/x")
 
-
-def test_local_reads_the_identities() -> None:
-    assert key_policy_accounts(FakeWorkspace("local")) == (  # type: ignore[arg-type]
-        "444455556666",
-        ["arn:aws:iam::111122223333:root"],
+def test_local_reads_the_identities(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, None)
+    host = ws.identity("host").account_id
+    assert key_policy_accounts(ws) == (
+        ws.identity("vendor").account_id,
+        [f"arn:aws:iam::{host}:root"],
     )
 
 
-def test_aws_reads_the_configured_accounts() -> None:
-    accounts = SimpleNamespace(host="210987654321", vendor="123456789012")
-    ws = FakeWorkspace("aws", accounts=accounts)
-    assert key_policy_accounts(ws) == (  # type: ignore[arg-type]
-        "123456789012",
-        ["arn:aws:iam::210987654321:root"],
-    )
+def test_aws_reads_the_configured_accounts(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, 'host_account = "210987654321"\nvendor_account = "123456789012"')
+    assert key_policy_accounts(ws) == ("123456789012", ["arn:aws:iam::210987654321:root"])
 
 
-def test_aws_refuses_an_account_that_is_not_twelve_digits() -> None:
-    ws = FakeWorkspace("aws", accounts=SimpleNamespace(host="", vendor="123456789012"))
-    with pytest.raises(ConfigError, match="host account"):
-        key_policy_accounts(ws)  # type: ignore[arg-type]
+def test_aws_without_accounts_writes_no_policy(tmp_path: Path) -> None:
+    """On aws the workspace's identities are invented: they must never reach a key policy."""
+    ws = _workspace(tmp_path, 'run_role_arn = "arn:aws:iam::210987654321:role/run"')
+    with pytest.raises(ConfigError, match="names no host and vendor accounts"):
+        key_policy_accounts(ws)
+
+
+@pytest.mark.parametrize(
+    "table",
+    ['host_account = "12345"\nvendor_account = "123456789012"', 'host_account = "210987654321"'],
+)
+def test_aws_refuses_an_account_that_is_not_twelve_digits(tmp_path: Path, table: str) -> None:
+    ws = _workspace(tmp_path, table)
+    with pytest.raises(ConfigError, match="12-digit AWS account id"):
+        key_policy_accounts(ws)
 
 
 def test_the_host_policy_names_the_run_role_only_when_asked() -> None:
