@@ -170,9 +170,10 @@ class Workspace:
     @property
     def config(self) -> Config:
         try:
-            raw = tomllib.loads((self.root / CONFIG_NAME).read_text())
+            text = (self.root / CONFIG_NAME).read_text()
+            raw = tomllib.loads(text)
             return Config(
-                target=raw["target"],
+                target=_target(raw["target"]),
                 region=raw["region"],
                 kms_listen=raw["keys"]["listen"],
                 identities=raw["identities"],
@@ -189,8 +190,11 @@ class Workspace:
             ValueError,
             AttributeError,
         ) as e:
+            where = str(self.root / CONFIG_NAME)
+            if isinstance(e, BadValueError):
+                where += f":{_line_of(text, e.key)}"
             raise ConfigError(
-                f"cannot read {self.root / CONFIG_NAME}: {e}",
+                f"cannot read {where}: {e}",
                 hint="fix the file, or recreate the workspace with `strongroom init --force`",
             ) from e
 
@@ -239,11 +243,39 @@ class Workspace:
         return self.root / "storage"
 
 
+class BadValueError(ValueError):
+    """A value of config.toml that is wrong; ``key`` finds its line for the message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _line_of(text: str, key: str) -> int:
+    """The line that sets ``key`` (its first), for a message; 1 if none does."""
+    setting = re.compile(rf"\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if setting.match(line):
+            return number
+    return 1
+
+
+def _target(value: object) -> Literal["local", "aws"]:
+    # exact: "AWS" must not quietly act as the local target
+    if value == "local":
+        return "local"
+    if value == "aws":
+        return "aws"
+    raise BadValueError("target", f'target must be "local" or "aws", not {value!r}')
+
+
 def _role_arn(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _ROLE_ARN.fullmatch(value):
-        raise ValueError(f"[aws] run_role_arn must be an IAM role ARN, not {value!r}")
+        raise BadValueError(
+            "run_role_arn", f"[aws] run_role_arn must be an IAM role ARN, not {value!r}"
+        )
     return value
 
 
@@ -253,7 +285,9 @@ def _accounts(table: dict[str, object]) -> Accounts | None:
         return None
     for name, value in (("host_account", host), ("vendor_account", vendor)):
         if not (isinstance(value, str) and _ACCOUNT_ID.fullmatch(value)):
-            raise ValueError(f"[aws] {name} must be a 12-digit AWS account id, not {value!r}")
+            raise BadValueError(
+                name, f"[aws] {name} must be a 12-digit AWS account id, not {value!r}"
+            )
     assert isinstance(host, str) and isinstance(vendor, str)  # checked just above
     return Accounts(host=host, vendor=vendor)
 

@@ -158,6 +158,7 @@ def env_command(app: AppContext, identity: str | None, unset: bool) -> None:
             click.echo(f"unset {' '.join(ENV_VARIABLES)}")
         return
     ws = app.workspace()
+    keyservice.require_local(ws, "env")
     ident = ws.identity(identity)
     endpoint = keyservice.endpoint_url(ws)
     values = (
@@ -238,6 +239,7 @@ def status_command(app: AppContext) -> None:
       strongroom keys status || strongroom keys serve --detach
     """
     ws = app.workspace()
+    keyservice.require_local(ws, "keys status")
     rec = keyservice.running(ws)
     if rec is None:
         emit(
@@ -268,7 +270,9 @@ def stop_command(app: AppContext) -> None:
     Example:
       strongroom keys stop
     """
-    stopped = keyservice.stop(app.workspace())
+    ws = app.workspace()
+    keyservice.require_local(ws, "keys stop")
+    stopped = keyservice.stop(ws)
     emit(
         app,
         {"stopped": stopped},

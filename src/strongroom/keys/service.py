@@ -126,7 +126,7 @@ def serve(ws: Workspace, listen: str | None = None, *, on_ready: Callable[[str],
 
     from strongroom.keys._protocol import BoundedHttpProtocol, connection_cap
 
-    _require_local(ws)
+    require_local(ws)
     existing = running(ws)
     if existing is not None:
         raise UsageError(
@@ -160,7 +160,7 @@ def serve(ws: Workspace, listen: str | None = None, *, on_ready: Callable[[str],
 
 def start_detached(ws: Workspace, listen: str | None = None) -> services.ServiceRecord:
     """Start ``strongroom keys serve`` in the background; return once it answers."""
-    _require_local(ws)
+    require_local(ws)
     if (rec := running(ws)) is not None:
         return rec
     log_path = ws.run_dir / KIND / "server.log"
@@ -209,11 +209,23 @@ def _answers(endpoint: str) -> bool:
     return True
 
 
-def _require_local(ws: Workspace) -> None:
+#: What to use instead of a local-only command on the aws target.
+AWS_INSTEAD = {
+    "keys serve": "the key service is AWS KMS itself: nothing to start",
+    "keys stop": "the key service is AWS KMS itself: nothing to stop",
+    "keys status": "check the key and the credentials with `strongroom doctor --key KEY`",
+    "env": "choose the AWS credentials with AWS_PROFILE=NAME (or the AWS_* variables); "
+    "aws and strongroom then both use them",
+}
+
+
+def require_local(ws: Workspace, command: str = "keys serve") -> None:
+    """Refuse a command that only the local target's key service gives meaning to."""
     if ws.config.target != "local":
         raise UsageError(
-            "the workspace targets AWS: its key service is AWS KMS",
-            hint="`keys serve` runs the local key service; use a local workspace",
+            f"`strongroom {command}` does not apply to the aws target: it is for the local "
+            "key service",
+            hint=AWS_INSTEAD[command],
         )
 
 
